@@ -1,0 +1,106 @@
+"""Training, evaluation and normalization re-estimation loops shared by every stage."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from .progress import track
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, batch_size: int = 256, description: str = "evaluate") -> float:
+    """Top-1 accuracy (0..1) on ``dataset``."""
+    model.eval()
+    correct = total = 0
+    for images, labels in track(make_loader(dataset, batch_size), description):
+        correct += int((model(images).argmax(dim=1) == labels).sum())
+        total += int(labels.numel())
+    return correct / max(total, 1)
+
+
+def has_batchnorm(model) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, dataset, batch_size: int = 128, description: str = "re-estimate BN") -> bool:
+    """Re-estimate BatchNorm running statistics from unlabeled images; no weight changes.
+
+    Pruning shifts every activation distribution, so the stored running mean/var no longer
+    fit; a forward pass in train mode with cumulative averaging restores them. Returns
+    False when the model has no BatchNorm (LayerNorm has no running statistics).
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all batches
+    model.train()
+    for images, _ in track(make_loader(dataset, batch_size), description):
+        model(images)
+    for m, (momentum, _) in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+    return True
+
+
+def train(
+    model,
+    train_set,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 64,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    after_step: Callable[[], None] | None = None,
+    tune_set=None,
+    patience: int | None = None,
+    description: str = "train",
+) -> dict:
+    """Adam training; optional hook after every step (mask re-application) and early stopping.
+
+    With ``tune_set`` and ``patience`` the best epoch by tune accuracy is restored, and
+    training stops after ``patience`` epochs without gain.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    history = []
+    best_acc, best_state, stale = -1.0, None, 0
+    for epoch in range(epochs):
+        model.train()
+        loader = make_loader(train_set, batch_size, shuffle=True, seed=seed + epoch)
+        running = 0.0
+        for images, labels in track(loader, f"{description} epoch {epoch + 1}/{epochs}"):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            running += float(loss) * int(labels.numel())
+        entry = {"epoch": epoch + 1, "loss": running / max(len(train_set), 1)}
+        if tune_set is not None:
+            entry["tune_accuracy"] = evaluate(model, tune_set, description="tune accuracy")
+            if entry["tune_accuracy"] > best_acc:
+                best_acc, best_state, stale = entry["tune_accuracy"], copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+        history.append(entry)
+        if patience is not None and stale >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs_run": len(history), "history": history, "best_tune_accuracy": best_acc if best_state else None}
