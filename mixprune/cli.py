@@ -65,6 +65,105 @@ def models_list(pattern):
 
 
 # --- devices and bench ----------------------------------------------------------------
+@main.group()
+def devices():
+    """Device profiles: which machine `mixprune bench` measures on, and how.
+
+    \b
+    A profile is a TOML file: cores, onnxruntime threads and options, memory and
+    latency budgets, warm-up and runs, and a runner (local, ssh or emulated).
+    Make your own by copying a built-in one:
+      mixprune devices show rpi4 > my-pi.toml    (then edit runner.host)
+      mixprune bench model.onnx --device my-pi.toml
+    """
+
+
+@devices.command("list")
+def devices_list():
+    """List the built-in device profiles."""
+    from .devices.profiles import builtin_profiles
+
+    rows = [("name", "arch", "threads", "runner", "memory budget", "latency budget", "description")]
+    for p in builtin_profiles():
+        rows.append((p.name, p.arch, str(p.intra_op_threads or "all"), p.runner.describe(),
+                     f"{p.memory_budget_mb:g} MB" if p.memory_budget_mb else "-",
+                     f"{p.latency_budget_ms:g} ms" if p.latency_budget_ms else "-", p.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+
+
+@devices.command("show")
+@click.argument("device", metavar="NAME|FILE")
+def devices_show(device):
+    """Check and print one profile (a built-in NAME or a .toml FILE) as TOML."""
+    from pathlib import Path
+
+    from .devices.profiles import load_profile
+
+    profile = load_profile(device)
+    click.echo(f"# {profile.source}\n" + Path(profile.source).read_text(encoding="utf-8").rstrip())
+
+
+def _parse_shapes(ctx, param, values):
+    from .devices.fields import parse_dims
+
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError(f"'{value}' is not NAME=DIMS")
+            shapes[name] = parse_dims(dims)
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc}; use e.g. --shape input=1x3x224x224", ctx=ctx, param=param) from exc
+    return shapes
+
+
+@main.command()
+@click.argument("target", metavar="MODEL.onnx|RUN_DIR", type=click.Path(path_type=str))
+@click.option("--device", required=True, metavar="NAME|FILE",
+              help="Device profile: a built-in name (see `mixprune devices list`) or a profile .toml file.")
+@click.option("--runs", type=click.IntRange(min=1), help="Timed runs after warm-up [default: the profile's].")
+@click.option("--warmup", type=click.IntRange(min=0), help="Untimed runs before timing [default: the profile's].")
+@click.option("--threads", type=click.IntRange(min=0),
+              help="onnxruntime intra-op threads, overriding the profile's; 0 = all cores of the device.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", callback=_parse_shapes,
+              help="Size of an input with dynamic dimensions, e.g. --shape input=1x3x224x224; repeat per input.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON record(s) instead of a table.")
+def bench(target, device, runs, warmup, threads, shapes, as_json):
+    """Measure latency, cold start, peak memory and size with onnxruntime on a device.
+
+    \b
+    MODEL.onnx: any ONNX file; prints a table (or the JSON record with --json).
+    RUN_DIR:    the dense model and every exported candidate of a mixprune run, one
+                fresh process each; writes <model dir>/bench/<device>.json.
+    Each model runs in a fresh process of the torch-free agent, on this machine, over
+    SSH or under ARM emulation, as the profile's runner says.
+    """
+    import json
+    from pathlib import Path
+
+    from .benchmarks.bench import agent_config, bench_model, bench_run_dir
+    from .benchmarks.records import format_record, format_table
+    from .devices.profiles import load_profile
+    from .errors import BenchmarkError
+    from .progress import say
+
+    path = Path(target)
+    if not path.exists():
+        raise BenchmarkError(f"{target} does not exist (give an .onnx file or a run directory)")
+    profile = load_profile(device)
+    config = agent_config(profile, runs=runs, warmup=warmup, threads=threads, shapes=shapes)
+    if path.is_dir():
+        records = bench_run_dir(path, profile, config)
+        click.echo(json.dumps(records, indent=2) if as_json else format_table(records))
+    else:
+        say(f"Benchmarking {path.name} on {profile.name} ({profile.runner.describe()}), "
+            f"{config['warmup']} warm-up + {config['runs']} runs")
+        record = bench_model(path, profile, config)
+        click.echo(json.dumps(record, indent=2) if as_json else format_record(record))
+
 
 
 if __name__ == "__main__":  # pragma: no cover

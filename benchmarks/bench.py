@@ -1,0 +1,83 @@
+"""Benchmark an ONNX file, or every exported model of a run directory, on one device profile."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mixprune.devices.profiles import Profile
+from mixprune.errors import BenchmarkError, RunDirError
+from mixprune.progress import say, track
+from mixprune.runs import RunDir, atomic_write_json, read_json
+
+from .records import UNSTRUCTURED_NOTE, make_record
+
+
+def agent_config(profile: Profile, *, runs: int | None = None, warmup: int | None = None,
+                 threads: int | None = None, shapes: dict[str, list[int]] | None = None) -> dict:
+    """What the agent gets: the profile's settings, with command-line overrides on top."""
+    return {
+        "runs": profile.runs if runs is None else runs,
+        "warmup": profile.warmup if warmup is None else warmup,
+        "intra_op_threads": profile.intra_op_threads if threads is None else threads,
+        "inter_op_threads": profile.inter_op_threads,
+        "allow_spinning": profile.allow_spinning,
+        "graph_optimization_level": profile.graph_optimization_level,
+        "execution_providers": list(profile.execution_providers),
+        "shapes": {**profile.shapes, **(shapes or {})},
+    }
+
+
+def check_onnx_file(path: Path) -> None:
+    """Fail early, before anything is copied to a device, on a missing or non-ONNX file."""
+    if not path.is_file():
+        raise BenchmarkError(f"model file {path} does not exist")
+    import onnx  # torch-free; only the protobuf parser is needed here
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise BenchmarkError(f"{path} is not an ONNX model (it does not parse: {str(exc).strip() or type(exc).__name__})") from exc
+    if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
+        raise BenchmarkError(f"{path} is not an ONNX model (no IR version, opset or graph nodes)")
+
+
+def bench_model(path: str | os.PathLike, profile: Profile, config: dict, **extra) -> dict:
+    """Measure one ONNX file in a fresh agent process on ``profile``'s device; return its record."""
+    path = Path(path)
+    check_onnx_file(path)
+    raw = profile.runner.run(path, config)
+    return make_record(raw, profile, str(path), **extra)
+
+
+def _unstructured_note(model_dir: Path) -> dict:
+    strategy = model_dir / "strategy.json"
+    if not strategy.is_file():
+        return {}
+    info = read_json(strategy)
+    sparse = (info.get("global_sparsity") or 0) > 0 and info.get("mode", "unstructured") == "unstructured"
+    return {"note": UNSTRUCTURED_NOTE} if sparse else {}
+
+
+def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> dict[str, dict]:
+    """Measure the dense model and every exported candidate, one fresh process each.
+
+    Writes ``<model dir>/bench/<device>.json`` atomically after each model, so an interrupted
+    run keeps the finished records and never leaves a partial one.
+    """
+    run = RunDir(root)
+    run.require()
+    dirs = run.model_dirs()
+    todo = {cid: d for cid, d in dirs.items() if (d / "model.onnx").is_file()}
+    if not todo:
+        raise RunDirError(f"{root} has no exported model (no model.onnx); run `mixprune export {root}` first")
+    skipped = sorted(set(dirs) - set(todo))
+    if skipped:
+        say(f"not exported yet, skipped: {', '.join(skipped)}")
+    records = {}
+    for cid in track(list(todo), f"Benchmarking {len(todo)} models on {profile.name}"):
+        model_dir = todo[cid]
+        record = bench_model(model_dir / "model.onnx", profile, config, candidate=cid, **_unstructured_note(model_dir))
+        atomic_write_json(model_dir / "bench" / f"{profile.name}.json", record)
+        records[cid] = record
+    return records

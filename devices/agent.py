@@ -1,0 +1,309 @@
+"""The device agent: benchmark one ONNX model with onnxruntime in a fresh process.
+
+Self-contained on purpose: it imports only the standard library, numpy and onnxruntime,
+so a Raspberry Pi needs nothing but ``pip install onnxruntime numpy``. Runners copy this
+one file to the device (or run it locally / under qemu) and read back the single JSON
+line it prints on stdout:
+
+    python agent.py MODEL.onnx --json-config '{"runs": 100, "warmup": 10, "intra_op_threads": 4}'
+
+Success: the record (see DESIGN.md "bench" keys) and exit code 0. Failure: one line
+``{"error": "<message>"}`` and exit code 2, so every transport reports the same way.
+
+Order of measurement: baseline RSS (interpreter + numpy + onnxruntime imported), session
+creation, first inference (cold start), warm-up, timed runs with perf_counter_ns, then
+peak RSS of this process (before anything else allocates), then file and gzip sizes.
+"""
+
+import time
+
+_T_START_NS = time.perf_counter_ns()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import zlib  # noqa: E402
+from glob import glob  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+_T_IMPORTED_NS = time.perf_counter_ns()
+
+DEFAULTS = {
+    "runs": 100,
+    "warmup": 10,
+    "intra_op_threads": 0,  # 0: every core this process may use
+    "inter_op_threads": 1,
+    "allow_spinning": True,
+    "graph_optimization_level": "all",
+    "execution_providers": ["CPUExecutionProvider"],
+    "shapes": {},  # input name -> list of ints, for dynamic dimensions
+    "seed": 0,
+}
+
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+# onnxruntime's type strings -> numpy dtypes the agent can generate inputs for.
+FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+INT_TYPES = {
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64,
+}
+
+
+class AgentError(Exception):
+    """Anything that stops the measurement: reported as {"error": message}, exit 2."""
+
+
+# --- the machine ------------------------------------------------------------------------
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def rss_mb():
+    """Current resident set size of this process (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_mb():
+    """Peak resident set size of this process so far (the kernel's high-water mark)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _read_number(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def thermal_state():
+    """CPU frequencies (MHz, per core) and temperatures (deg C, per thermal zone); None where absent."""
+    freqs = [_read_number(p) for p in sorted(glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq"))]
+    temps = {}
+    for zone in sorted(glob("/sys/class/thermal/thermal_zone*")):
+        milli = _read_number(os.path.join(zone, "temp"))
+        if milli is not None:
+            try:
+                with open(os.path.join(zone, "type")) as f:
+                    name = f.read().strip()
+            except OSError:
+                name = os.path.basename(zone)
+            temps[name] = milli / 1000.0
+    freqs = [f / 1000.0 for f in freqs if f is not None]
+    return {"cpu_mhz": freqs or None, "temperature_c": temps or None}
+
+
+def throttled():
+    """Raspberry Pi firmware throttling flags (``vcgencmd get_throttled``), e.g. "0x0"; None elsewhere."""
+    if not shutil.which("vcgencmd"):
+        return None
+    try:
+        out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().partition("=")[2] or None
+
+
+def gzip_size(path, chunk=1 << 20):
+    """Bytes of the gzip-compressed file (level 6), streamed so it costs no memory."""
+    comp = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: gzip container
+    total = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            total += len(comp.compress(block))
+    return total + len(comp.flush())
+
+
+# --- the model --------------------------------------------------------------------------
+def make_session(model, config):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = config["intra_op_threads"]
+    opts.inter_op_num_threads = config["inter_op_threads"]
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    level = config["graph_optimization_level"]
+    if level not in OPT_LEVELS:
+        raise AgentError(f"graph_optimization_level must be one of {sorted(OPT_LEVELS)}, got {level!r}")
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
+    spin = "1" if config["allow_spinning"] else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    available = ort.get_available_providers()
+    missing = [p for p in config["execution_providers"] if p not in available]
+    if missing:
+        raise AgentError(f"execution provider(s) {missing} not available here; this onnxruntime has {available}")
+    try:
+        return ort.InferenceSession(model, sess_options=opts, providers=config["execution_providers"])
+    except Exception as exc:  # onnxruntime raises its own exception types; its message is the point
+        raise AgentError(f"onnxruntime refused {os.path.basename(model)}: {str(exc).strip()}") from exc
+
+
+def _fixed(dim):
+    return isinstance(dim, int) and dim >= 0
+
+
+def resolve_shape(inp, given):
+    """Concrete shape for one model input (declared dims, dynamic ones from ``given``); None if unknown."""
+    declared = list(inp.shape)
+    if given is None:
+        return declared if all(_fixed(d) for d in declared) else None
+    given = [int(d) for d in given]
+    if len(given) != len(declared):
+        raise AgentError(f"--shape {inp.name}={'x'.join(map(str, given))} has {len(given)} dims; "
+                         f"the model declares {len(declared)}: {declared}")
+    for i, (d, g) in enumerate(zip(declared, given)):
+        if g <= 0 or (_fixed(d) and d != g):
+            raise AgentError(f"--shape {inp.name}: dim {i} is {g}, but the model declares {declared}")
+    return given
+
+
+def make_inputs(session, shapes, seed):
+    """Random inputs from the model's declared inputs: floats N(0,1), integers 0/1, bools.
+
+    Integer inputs are usually token / segment ids or masks; 0 and 1 are valid indices
+    for any embedding table, and timing does not depend on the values.
+    """
+    inputs = session.get_inputs()
+    names = [i.name for i in inputs]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise AgentError(f"--shape names {unknown}, but the model's inputs are {names}")
+    rng = np.random.default_rng(seed)
+    feeds, undeclared = {}, []
+    for inp in inputs:
+        shape = resolve_shape(inp, shapes.get(inp.name))
+        if shape is None:
+            undeclared.append(f"{inp.name} [{', '.join(map(str, inp.shape))}]")
+            continue
+        if inp.type in FLOAT_TYPES:
+            feeds[inp.name] = rng.standard_normal(shape).astype(FLOAT_TYPES[inp.type])
+        elif inp.type in INT_TYPES:
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(INT_TYPES[inp.type])
+        elif inp.type == "tensor(bool)":
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise AgentError(f"input {inp.name} has type {inp.type}, which the agent cannot generate")
+    if undeclared:
+        example = " ".join(f"--shape {i.name}=" + "x".join(str(d) if _fixed(d) else "N" for d in i.shape)
+                           for i in inputs if i.name not in feeds)
+        raise AgentError(f"the model has dynamic dimensions in {', '.join(undeclared)}; give concrete "
+                         f"sizes, e.g. {example}")
+    return feeds
+
+
+def latency_stats(samples_ns):
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {
+        "p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(ms.mean()),
+        "std": float(ms.std(ddof=1)) if ms.size > 1 else 0.0, "min": float(ms.min()), "max": float(ms.max()),
+    }
+
+
+# --- the measurement --------------------------------------------------------------------
+def benchmark(model, config):
+    config = {**DEFAULTS, **config}
+    runs, warmup = int(config["runs"]), int(config["warmup"])
+    if runs < 1 or warmup < 0:
+        raise AgentError(f"runs must be >= 1 and warmup >= 0, got runs={runs} warmup={warmup}")
+    if not os.path.isfile(model):
+        raise AgentError(f"model file {model} does not exist")
+    if config["intra_op_threads"] == 0:
+        config["intra_op_threads"] = usable_cores()
+    baseline_rss = rss_mb()
+    state_before = thermal_state()
+
+    t0 = time.perf_counter_ns()
+    session = make_session(model, config)
+    t1 = time.perf_counter_ns()
+    feeds = make_inputs(session, config["shapes"], config["seed"])
+    t2 = time.perf_counter_ns()
+    try:
+        session.run(None, feeds)
+    except Exception as exc:
+        raise AgentError(f"onnxruntime failed to run {os.path.basename(model)}: {str(exc).strip()}") from exc
+    t3 = time.perf_counter_ns()
+    for _ in range(warmup):
+        session.run(None, feeds)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        session.run(None, feeds)
+        samples.append(time.perf_counter_ns() - start)
+    peak = peak_rss_mb()
+    state_after = thermal_state()
+
+    create_ms, first_ms = (t1 - t0) / 1e6, (t3 - t2) / 1e6
+    return {
+        "model": model,
+        "latency_ms": latency_stats(samples),
+        "cold_start_ms": create_ms + first_ms,
+        "session_create_ms": create_ms,
+        "first_run_ms": first_ms,
+        "agent_import_ms": (_T_IMPORTED_NS - _T_START_NS) / 1e6,
+        "peak_rss_mb": peak,
+        "baseline_rss_mb": baseline_rss,
+        "model_bytes": os.path.getsize(model),
+        "model_gzip_bytes": gzip_size(model),
+        "runs": runs,
+        "warmup": warmup,
+        "threads": config["intra_op_threads"],
+        "inter_op_threads": config["inter_op_threads"],
+        "allow_spinning": bool(config["allow_spinning"]),
+        "graph_optimization_level": config["graph_optimization_level"],
+        "execution_providers": session.get_providers(),
+        "inputs": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in feeds.items()},
+        "onnxruntime_version": ort.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "machine": platform.machine(),
+        "usable_cores": usable_cores(),
+        "before": state_before,
+        "after": state_after,
+        "throttled": throttled(),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Benchmark one ONNX model with onnxruntime; prints one JSON line.")
+    parser.add_argument("model", help="path of the .onnx file")
+    parser.add_argument("--json-config", default="{}",
+                        help="JSON object overriding " + ", ".join(sorted(DEFAULTS)))
+    args = parser.parse_args(argv)
+    try:
+        try:
+            config = json.loads(args.json_config)
+        except ValueError as exc:
+            raise AgentError(f"--json-config is not valid JSON: {exc}") from exc
+        if not isinstance(config, dict) or set(config) - set(DEFAULTS):
+            raise AgentError(f"--json-config must be an object with keys among {sorted(DEFAULTS)}")
+        record = benchmark(args.model, config)
+    except AgentError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        return 2
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

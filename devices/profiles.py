@@ -1,0 +1,139 @@
+"""Device profiles: TOML data files describing a machine and how to benchmark on it.
+
+Built-in profiles live in ``devices/profiles/*.toml``; a user's own TOML file works anywhere
+a name does. The schema below is the whole contract; every field is checked, and a
+malformed file is reported with the name of the bad field.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mixprune.errors import DeviceError
+
+from .fields import Field, validate
+from .runners import Runner, get_runner, list_runners
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "": {
+        "name": Field("str", help="short id, used in file names (bench/<name>.json)", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*"),
+        "description": Field("str", ""),
+        "arch": Field("str", help="CPU architecture", choices=("x86_64", "aarch64", "armv7l")),
+        "cpu": Field("str", "", help="CPU model, e.g. Cortex-A72"),
+        "cores": Field("int", help="CPU cores of the device; 0 = every core of the machine the agent runs on", minimum=0),
+        "memory_mb": Field("number", 0, help="installed RAM (informative); 0 = unknown", minimum=0),
+    },
+    "onnxruntime": {
+        "intra_op_threads": Field("int", help="threads inside one operator; 0 = all usable cores", minimum=0),
+        "inter_op_threads": Field("int", 1, help="threads across operators (sequential execution uses 1)", minimum=1),
+        "execution_providers": Field("str_list", ["CPUExecutionProvider"]),
+        "graph_optimization_level": Field("str", "all", choices=("disable", "basic", "extended", "all")),
+        "allow_spinning": Field("bool", True, help="worker threads spin between operators (faster, burns CPU)"),
+    },
+    "budget": {
+        "memory_mb": Field("number", 0, help="peak RSS allowed for the model's process; 0 = no budget", minimum=0),
+        "latency_ms": Field("number", 0, help="p50 latency allowed; 0 = no budget", minimum=0),
+    },
+    "benchmark": {
+        "warmup": Field("int", 10, minimum=0),
+        "runs": Field("int", 100, minimum=1),
+        "shapes": Field("shapes", {}, help='sizes for dynamic input dims, e.g. {input = "1x3x224x224"}'),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    arch: str
+    cpu: str
+    cores: int
+    memory_mb: float
+    intra_op_threads: int
+    inter_op_threads: int
+    execution_providers: tuple[str, ...]
+    graph_optimization_level: str
+    allow_spinning: bool
+    memory_budget_mb: float
+    latency_budget_ms: float
+    warmup: int
+    runs: int
+    shapes: dict
+    runner: Runner
+    source: str
+
+    @property
+    def emulated(self) -> bool:
+        return self.runner.emulated
+
+
+def parse_profile(data: dict, where: str) -> Profile:
+    """Validate one parsed TOML document; ``where`` names it in error messages."""
+    sections = {k: v for k, v in data.items() if isinstance(v, dict)}
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    unknown = sorted(set(sections) - set(SCHEMA) - {"runner"})
+    if unknown:
+        known = [k for k in SCHEMA if k] + ["runner"]
+        raise DeviceError(f"{where}: unknown section [{unknown[0]}] (known: {', '.join(known)})")
+    v = {"": validate(top, SCHEMA[""], where)}
+    for section in ("onnxruntime", "budget", "benchmark"):
+        v[section] = validate(sections.get(section, {}), SCHEMA[section], where, prefix=f"{section}.")
+    runner_table = sections.get("runner", {"kind": "local"})
+    kind = runner_table.get("kind")
+    if not isinstance(kind, str) or kind not in list_runners():
+        raise DeviceError(f"{where}: field 'runner.kind' must be one of {', '.join(list_runners())}, got {kind!r}")
+    runner_cls = get_runner(kind)
+    runner = runner_cls(validate(runner_table, runner_cls.fields, where, prefix="runner."))
+    top, ort, budget, bench = v[""], v["onnxruntime"], v["budget"], v["benchmark"]
+    return Profile(
+        name=top["name"], description=top["description"], arch=top["arch"], cpu=top["cpu"], cores=top["cores"],
+        memory_mb=top["memory_mb"], intra_op_threads=ort["intra_op_threads"],
+        inter_op_threads=ort["inter_op_threads"], execution_providers=tuple(ort["execution_providers"]),
+        graph_optimization_level=ort["graph_optimization_level"], allow_spinning=ort["allow_spinning"],
+        memory_budget_mb=budget["memory_mb"], latency_budget_ms=budget["latency_ms"],
+        warmup=bench["warmup"], runs=bench["runs"], shapes=bench["shapes"], runner=runner, source=where,
+    )
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.endswith(".toml") or os.sep in ref or (os.altsep is not None and os.altsep in ref)
+
+
+def load_profile(ref: str | os.PathLike) -> Profile:
+    """A built-in profile by name (``rpi4``) or a user's TOML file (``./my-pi.toml``)."""
+    ref = str(ref)
+    if _looks_like_path(ref):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise DeviceError(f"device profile {ref} does not exist")
+    else:
+        path = BUILTIN_DIR / f"{ref}.toml"
+        if not path.is_file():
+            raise DeviceError(f"unknown device '{ref}'; built-in devices: {', '.join(builtin_names())} "
+                              "(or give the path of your own profile .toml; see `mixprune devices show host`)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeviceError(f"cannot read device profile {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise DeviceError(f"device profile {path} is not valid TOML: {exc}") from exc
+    return parse_profile(data, str(path))
+
+
+def builtin_profiles() -> list[Profile]:
+    return [load_profile(name) for name in builtin_names()]

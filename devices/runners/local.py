@@ -1,0 +1,36 @@
+"""Run the agent on this machine, one fresh subprocess per model so memory figures never mix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mixprune.errors import DeviceError
+
+from ..fields import Field
+from . import AGENT, Runner, register_runner
+
+
+@register_runner
+class LocalRunner(Runner):
+    kind = "local"
+    fields = {
+        "kind": Field("str"),
+        "python": Field("str", "", help="interpreter with numpy and onnxruntime; empty: the one running mixprune"),
+        "run_timeout_s": Field("number", 3600, minimum=1, help="give up on one model after this long"),
+    }
+
+    def command(self, model: Path, config_json: str) -> list[str]:
+        return [self.options["python"] or sys.executable, str(AGENT), str(model), "--json-config", config_json]
+
+    def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
+        cmd = self.command(model, config_json)
+        timeout = self.options["run_timeout_s"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise DeviceError(f"cannot start {cmd[0]} for the {self.kind} runner: {exc.strerror}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DeviceError(f"the agent did not finish within run_timeout_s={timeout:g} s on {self.describe()}") from exc
+        return proc.stdout, proc.stderr, proc.returncode

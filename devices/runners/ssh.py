@@ -1,0 +1,99 @@
+"""Run the agent on a remote device over SSH (the system ``ssh`` client, key authentication).
+
+One connection per model: the agent and the model travel as a tar stream on stdin into a
+fresh ``mktemp -d`` folder on the device, the device's python runs the agent there, its
+JSON line comes back on stdout, and a shell trap removes the folder however the run ends.
+Host keys are checked against known_hosts (``StrictHostKeyChecking=yes``) unless the
+profile says otherwise; ``BatchMode`` means a missing key fails instead of prompting.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path
+
+from mixprune.errors import DeviceError
+
+from ..fields import Field
+from . import AGENT, Runner, register_runner
+
+_SSH_FAILED = 255  # ssh's own exit code for connection / authentication failures
+
+
+def _tar_stream(files: dict[str, Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for arcname, path in files.items():
+            tar.add(path, arcname=arcname)
+    return buf.getvalue()
+
+
+@register_runner
+class SshRunner(Runner):
+    kind = "ssh"
+    fields = {
+        "kind": Field("str"),
+        "host": Field("str", help="device address, e.g. raspberrypi.local"),
+        "port": Field("int", 22, minimum=1),
+        "user": Field("str", "", help="login name; empty: ssh's default"),
+        "key": Field("str", "", help="private key file; empty: ssh's default keys / agent"),
+        "python": Field("str", "python3", help="interpreter on the device with numpy and onnxruntime"),
+        "known_hosts": Field("str", "", help="known_hosts file; empty: ~/.ssh/known_hosts"),
+        "strict_host_key_checking": Field("bool", True, help="false: trust a new host key on first use"),
+        "connect_timeout_s": Field("int", 10, minimum=1),
+        "run_timeout_s": Field("number", 1800, minimum=1, help="give up on one model after this long"),
+    }
+
+    def destination(self) -> str:
+        user = self.options["user"]
+        return f"{user}@{self.options['host']}" if user else self.options["host"]
+
+    def describe(self) -> str:
+        return f"ssh {self.destination()}:{self.options['port']}"
+
+    def ssh_command(self) -> list[str]:
+        o = self.options
+        cmd = ["ssh", "-p", str(o["port"]), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={o['connect_timeout_s']}",
+               "-o", "StrictHostKeyChecking=" + ("yes" if o["strict_host_key_checking"] else "accept-new"),
+               "-o", "LogLevel=ERROR"]
+        if o["known_hosts"]:
+            cmd += ["-o", f"UserKnownHostsFile={os.path.expanduser(o['known_hosts'])}"]
+        if o["key"]:
+            cmd += ["-i", os.path.expanduser(o["key"]), "-o", "IdentitiesOnly=yes"]
+        return cmd + [self.destination()]
+
+    def remote_script(self, config_json: str) -> str:
+        python = shlex.quote(self.options["python"])
+        return (
+            'd=$(mktemp -d) || exit 1; trap \'rm -rf "$d"\' EXIT; trap \'exit 129\' HUP INT TERM; '
+            f'tar -xf - -C "$d" && {python} "$d/agent.py" "$d/model.onnx" --json-config {shlex.quote(config_json)}'
+        )
+
+    def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
+        payload = _tar_stream({"agent.py": AGENT, "model.onnx": model})
+        cmd = self.ssh_command() + ["sh -c " + shlex.quote(self.remote_script(config_json))]
+        timeout = self.options["run_timeout_s"]
+        try:
+            proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout)
+        except FileNotFoundError as exc:
+            raise DeviceError("the ssh client is not installed (apt-get install openssh-client)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DeviceError(f"{self.describe()} did not finish within run_timeout_s={timeout:g} s") from exc
+        stdout, stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+        if proc.returncode == _SSH_FAILED:
+            raise DeviceError(self._connection_error(stderr))
+        return stdout, stderr, proc.returncode
+
+    def _connection_error(self, stderr: str) -> str:
+        lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+        if any("Host key verification failed" in ln for ln in lines):
+            where = self.options["known_hosts"] or "~/.ssh/known_hosts"
+            return (f"unknown or changed host key for {self.options['host']}:{self.options['port']}; check its "
+                    f"fingerprint, then add it with `ssh-keyscan -p {self.options['port']} {self.options['host']} "
+                    f">> {where}`")
+        detail = lines[-1] if lines else "no message from ssh"
+        return f"cannot reach {self.describe()}: {detail}"
