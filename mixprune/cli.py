@@ -62,6 +62,33 @@ def models_list(pattern):
 
 
 # --- export ---------------------------------------------------------------------------
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--candidate", "candidates", multiple=True, metavar="CID",
+              help="Export only this candidate ('dense' for the dense model); repeatable. Default: all.")
+@click.option("--storage", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+              help="What model.onnx holds: plain initializers, or sparse_initializers (smaller file; "
+                   "onnxruntime densifies them at load).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim (it is also skipped whenever it loses zeros or grows the file).")
+@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True)
+@click.option("--force", is_flag=True, help="Re-export models whose weights and options did not change.")
+def export(run_dir, candidates, storage, no_simplify, opset, force):
+    """Export the dense model and candidates of RUN_DIR to ONNX, verified and stored compactly.
+
+    Writes model.onnx, model.onnx.mxc (lossless compact container; expand it with
+    `python -m mixprune.compact expand`) and export.json into each model's folder.
+    """
+    from mixprune.exporter.stage import ExportOptions, export_run
+
+    options = ExportOptions(opset=opset, storage=storage, simplify=not no_simplify, force=force)
+    for cid, rec in export_run(run_dir, candidates, options).items():
+        size = rec["bytes"]
+        click.echo(
+            f"{cid:<24} {'skipped (up to date)' if rec['skipped'] else 'exported':<20} "
+            f"zeros {rec['zeros_onnx']}/{rec['zeros_torch']} {'kept' if rec['sparsity_preserved'] else 'LOST'}  "
+            f"max|diff| {rec['parity']['max_abs_diff']:.1e}  top-1 agree {rec['parity']['top1_agreement']:.3f}  "
+            f"onnx {size['onnx'] / 1e6:.2f} MB, compact {size['compact'] / size['onnx']:.3f}x")
+
 
 
 # --- devices and bench ----------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""Run directories shaped like the pruning stage's output, built from tiny timm models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixprune.data import DataSpec
+from mixprune.models import ModelSpec, build_model, save_weights
+
+RESNET = ModelSpec("resnet18", num_classes=10, in_chans=1, img_size=16)
+VIT = ModelSpec("vit_tiny_patch16_224", num_classes=10, in_chans=1, img_size=16,
+                kwargs={"patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 2})
+
+
+def prune_by_magnitude(state: dict, ratio: float) -> dict:
+    """Zero the ``ratio`` smallest |w| of every >= 2-dim weight, layer by layer."""
+    pruned = {}
+    for name, tensor in state.items():
+        if tensor.dim() >= 2 and name.endswith("weight") and tensor.is_floating_point():
+            k = int(ratio * tensor.numel())
+            if k:
+                threshold = tensor.abs().flatten().kthvalue(k).values
+                tensor = torch.where(tensor.abs() <= threshold, torch.zeros_like(tensor), tensor)
+        pruned[name] = tensor
+    return pruned
+
+
+def make_run(root: Path, spec: ModelSpec, ratios: dict[str, float], seed: int = 0) -> Path:
+    """A run directory with a dense model and one finished candidate per {cid: ratio}.
+
+    BatchNorm statistics and affine parameters are randomized so conv+BN folding really
+    rescales the exported weights (and some scales are negative, which makes -0.0).
+    """
+    torch.manual_seed(seed)
+    model = build_model(spec).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(-1.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    data = DataSpec(img_size=spec.img_size)
+    run = {"model": spec.to_dict(), "data": data.to_dict(), "seed": seed, "config": {}, "stages": {}}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "run.json").write_text(json.dumps(run))
+    save_weights(state, root / "dense" / "weights.safetensors")
+    (root / "dense" / "eval.json").write_text(json.dumps({"accuracy": 0.1}))
+    for cid, ratio in ratios.items():
+        folder = root / "candidates" / cid
+        pruned = prune_by_magnitude(state, ratio)
+        save_weights(pruned, folder / "weights.safetensors")
+        layers = {k: ratio for k, v in pruned.items() if v.dim() >= 2 and k.endswith("weight")}
+        zeros = sum(int((pruned[k] == 0).sum()) for k in layers)
+        total = sum(pruned[k].numel() for k in layers)
+        (folder / "strategy.json").write_text(json.dumps({
+            "cid": cid, "kind": "baseline", "signal": "mag", "strategy": "uniform",
+            "layers": layers, "global_sparsity": zeros / total}))
+        (folder / "eval.json").write_text(json.dumps({"accuracy": 0.1}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def resnet_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("resnet") / "run", RESNET, {"mag80": 0.8, "mag50": 0.5})
