@@ -84,9 +84,21 @@ def rss_mb():
 
 
 def peak_rss_mb():
-    """Peak resident set size of this process so far (the kernel's high-water mark)."""
+    """Peak resident set size of this process (MB).
+
+    On Linux the kernel's VmHWM for this process image. Not getrusage's ru_maxrss: that one
+    keeps the high-water mark of the process this one was forked from across exec, so an
+    agent started by a big process would report its parent's memory.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
 
 
 def _read_number(path):

@@ -37,7 +37,7 @@ def list_runners() -> list[str]:
 
 
 class Runner:
-    """Base class. Subclasses set ``kind``, ``fields`` and implement ``_execute``."""
+    """Base class. Subclasses set ``kind``, ``fields`` (with ``run_timeout_s``) and implement ``_execute``."""
 
     kind = ""
     emulated = False
@@ -59,7 +59,11 @@ class Runner:
         return record
 
     def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
+        """Run the agent; return its stdout, stderr and exit code."""
         raise NotImplementedError
+
+    def _timed_out(self) -> str:
+        return f"the agent did not finish within run_timeout_s={self.options['run_timeout_s']:g} s on {self.describe()}"
 
     def _parse(self, stdout: str, stderr: str, returncode: int) -> dict:
         lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]

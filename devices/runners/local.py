@@ -32,5 +32,5 @@ class LocalRunner(Runner):
         except FileNotFoundError as exc:
             raise DeviceError(f"cannot start {cmd[0]} for the {self.kind} runner: {exc.strerror}") from exc
         except subprocess.TimeoutExpired as exc:
-            raise DeviceError(f"the agent did not finish within run_timeout_s={timeout:g} s on {self.describe()}") from exc
+            raise DeviceError(self._timed_out()) from exc
         return proc.stdout, proc.stderr, proc.returncode

@@ -22,6 +22,7 @@ from ..fields import Field
 from . import AGENT, Runner, register_runner
 
 _SSH_FAILED = 255  # ssh's own exit code for connection / authentication failures
+_TIMED_OUT = 124  # coreutils / busybox `timeout` on the device
 
 
 def _tar_stream(files: dict[str, Path]) -> bytes:
@@ -67,10 +68,14 @@ class SshRunner(Runner):
         return cmd + [self.destination()]
 
     def remote_script(self, config_json: str) -> str:
+        # `timeout` ends the agent on the device too when the run takes too long: killing
+        # the local ssh client alone would leave it running there.
         python = shlex.quote(self.options["python"])
+        limit = f"{self.options['run_timeout_s']:g}"
         return (
             'd=$(mktemp -d) || exit 1; trap \'rm -rf "$d"\' EXIT; trap \'exit 129\' HUP INT TERM; '
-            f'tar -xf - -C "$d" && {python} "$d/agent.py" "$d/model.onnx" --json-config {shlex.quote(config_json)}'
+            f'tar -xf - -C "$d" && timeout -k 5 {limit} {python} "$d/agent.py" "$d/model.onnx" '
+            f'--json-config {shlex.quote(config_json)}'
         )
 
     def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
@@ -82,10 +87,12 @@ class SshRunner(Runner):
         except FileNotFoundError as exc:
             raise DeviceError("the ssh client is not installed (apt-get install openssh-client)") from exc
         except subprocess.TimeoutExpired as exc:
-            raise DeviceError(f"{self.describe()} did not finish within run_timeout_s={timeout:g} s") from exc
+            raise DeviceError(self._timed_out()) from exc
         stdout, stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         if proc.returncode == _SSH_FAILED:
             raise DeviceError(self._connection_error(stderr))
+        if proc.returncode == _TIMED_OUT:
+            raise DeviceError(self._timed_out())
         return stdout, stderr, proc.returncode
 
     def _connection_error(self, stderr: str) -> str:
