@@ -23,6 +23,7 @@ from . import AGENT, Runner, register_runner
 
 _SSH_FAILED = 255  # ssh's own exit code for connection / authentication failures
 _TIMED_OUT = 124  # coreutils / busybox `timeout` on the device
+_GRACE_S = 30  # copying the model, and `timeout -k 5` killing a stuck agent
 
 
 def _tar_stream(files: dict[str, Path]) -> bytes:
@@ -46,7 +47,7 @@ class SshRunner(Runner):
         "known_hosts": Field("str", "", help="known_hosts file; empty: ~/.ssh/known_hosts"),
         "strict_host_key_checking": Field("bool", True, help="false: trust a new host key on first use"),
         "connect_timeout_s": Field("int", 10, minimum=1),
-        "run_timeout_s": Field("number", 1800, minimum=1, help="give up on one model after this long"),
+        "run_timeout_s": Field("number", 1800, minimum=1, help="limit for the agent on the device, per model"),
     }
 
     def destination(self) -> str:
@@ -81,7 +82,9 @@ class SshRunner(Runner):
     def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
         payload = _tar_stream({"agent.py": AGENT, "model.onnx": model})
         cmd = self.ssh_command() + ["sh -c " + shlex.quote(self.remote_script(config_json))]
-        timeout = self.options["run_timeout_s"]
+        # The device's own `timeout` normally ends a long run (and the trap cleans up); the
+        # local limit only catches a device that stops answering altogether.
+        timeout = self.options["run_timeout_s"] + self.options["connect_timeout_s"] + _GRACE_S
         try:
             proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout)
         except FileNotFoundError as exc:

@@ -1,0 +1,139 @@
+"""`mixprune bench` on single ONNX files and on run directories, and its bad-input paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from devices_helpers import conv_model, unsupported_op_model, write_profile
+
+from mixprune.benchmarks.records import REQUIRED_KEYS, UNSTRUCTURED_NOTE
+
+
+@pytest.fixture
+def box(tmp_path):
+    return write_profile(tmp_path / "box.toml")
+
+
+def test_single_file_json_record(conv, box, cli):
+    result = cli("bench", conv, "--device", box, "--runs", 6, "--warmup", 2, "--threads", 2, "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert set(REQUIRED_KEYS) <= set(r)
+    assert (r["device"], r["model"], r["runs"], r["warmup"], r["threads"]) == ("testbox", str(conv), 6, 2, 2)
+    assert r["emulated"] is False and r["over_budget"] is False and r["memory_budget_mb"] is None
+    assert r["allow_spinning"] is False  # from the profile
+    assert r["runner"] == "local" and r["runner_wall_ms"] > r["cold_start_ms"]
+
+
+def test_single_file_table_uses_profile_defaults(conv, box, cli):
+    result = cli("bench", conv, "--device", box)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{conv} on testbox (local)")
+    assert "p50" in result.stdout and "5 runs after 1 warm-up, 1 intra-op threads" in result.stdout
+
+
+def test_memory_budget_is_a_verdict_not_an_error(tmp_path, conv, cli):
+    tight = write_profile(tmp_path / "tight.toml", budget="memory_mb = 1\nlatency_ms = 1000000\n")
+    result = cli("bench", conv, "--device", tight, "--json")
+    assert result.exit_code == 0
+    r = json.loads(result.stdout)
+    assert r["over_budget"] is True and r["peak_rss_mb"] > 1 and r["memory_budget_mb"] == 1
+    assert r["over_latency_budget"] is False and r["latency_budget_ms"] == 1000000
+    assert "OVER BUDGET" in cli("bench", conv, "--device", tight).stdout
+
+
+def make_run_dir(root, models: dict):
+    """A run directory as the prune and export stages leave it; ``models``: id -> builder or None
+    (pruned but not exported yet)."""
+    (root / "dense").mkdir(parents=True)
+    (root / "run.json").write_text(json.dumps({"stages": {"prune": {"status": "done"}}}))
+    (root / "dense" / "weights.safetensors").write_bytes(b"")
+    for cid, build in models.items():
+        d = root / "dense" if cid == "dense" else root / "candidates" / cid
+        d.mkdir(parents=True, exist_ok=True)
+        if cid != "dense":
+            (d / "eval.json").write_text(json.dumps({"accuracy": 0.9}))
+            (d / "strategy.json").write_text(json.dumps({"cid": cid, "kind": "mixmatch", "global_sparsity": 0.8}))
+        if build:
+            build(d / "model.onnx")
+    return root
+
+
+def test_run_dir_benches_every_exported_model_in_its_own_process(tmp_path, box, cli):
+    run = make_run_dir(tmp_path / "run", {
+        "dense": lambda p: conv_model(p, batch=1, extra_weight_mb=24),
+        "c01": lambda p: conv_model(p, batch=1),
+        "c02": None,
+    })
+    result = cli("bench", run, "--device", box, "--json")
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert sorted(records) == ["c01", "dense"]
+    for cid, d in (("dense", run / "dense"), ("c01", run / "candidates" / "c01")):
+        on_disk = json.loads((d / "bench" / "testbox.json").read_text())
+        assert on_disk == records[cid] and on_disk["candidate"] == cid
+    assert not (run / "candidates" / "c02" / "bench").exists()
+    assert records["c01"]["note"] == UNSTRUCTURED_NOTE and "note" not in records["dense"]
+    # one fresh process per model: the small candidate does not carry the dense model's 24 MB
+    assert records["dense"]["peak_rss_mb"] - records["c01"]["peak_rss_mb"] > 18
+    table = cli("bench", run, "--device", box).stdout
+    assert table.splitlines()[0].split()[:3] == ["model", "p50", "ms"] and "c01" in table
+
+
+def test_run_dir_failure_keeps_finished_records_and_writes_no_partial_one(tmp_path, box, cli):
+    run = make_run_dir(tmp_path / "run", {"dense": lambda p: conv_model(p, batch=1), "c01": unsupported_op_model})
+    result = cli("bench", run, "--device", box)
+    assert result.exit_code == 2 and "onnxruntime refused model.onnx" in result.stderr
+    assert (run / "dense" / "bench" / "testbox.json").is_file()
+    assert not (run / "candidates" / "c01" / "bench").exists() or not any((run / "candidates" / "c01" / "bench").iterdir())
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_run_dir_without_exported_models(tmp_path, box, cli):
+    run = make_run_dir(tmp_path / "run", {"c01": None})
+    result = cli("bench", run, "--device", box)
+    assert result.exit_code == 2 and "mixprune export" in result.stderr
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "does not exist"),
+    ("text", "is not an ONNX model"),
+    ("refused", "onnxruntime refused bad.onnx: "),
+    ("unknown-device", "unknown device 'rpi9'"),
+    ("malformed-profile", "'onnxruntime.intra_op_threads'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, conv, box, cli, case, expected):
+    model, device = conv, box
+    if case == "missing":
+        model = tmp_path / "absent.onnx"
+    elif case == "text":
+        model = tmp_path / "notes.onnx"
+        model.write_text("these are not the weights you are looking for\n")
+    elif case == "refused":
+        model = unsupported_op_model(tmp_path / "bad.onnx")
+    elif case == "unknown-device":
+        device = "rpi9"
+    else:
+        device = write_profile(tmp_path / "bad.toml", onnxruntime='intra_op_threads = "many"\n')
+    result = cli("bench", model, "--device", device)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ") and expected in result.stderr and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+def test_bad_shape_flag_is_a_usage_error(conv, box, cli):
+    result = cli("bench", conv, "--device", box, "--shape", "x=1x3xbig")
+    assert result.exit_code == 2 and "1x3x224x224" in result.stderr
+
+
+def test_bench_does_not_import_torch(conv, box):
+    code = ("import sys; from mixprune.cli import main\n"
+            f"try: main(['bench', {str(conv)!r}, '--device', {str(box)!r}, '--json'])\n"
+            "except SystemExit as e: assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["device"] == "testbox"

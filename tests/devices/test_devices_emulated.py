@@ -1,0 +1,45 @@
+"""aarch64 onnxruntime under qemu-aarch64-static, in the rootfs devices/emulation/setup_rootfs.sh
+builds (.ci/run builds it, so CI runs these)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from devices_helpers import DIM, need, write_profile
+
+from mixprune.devices.runners.emulated import default_rootfs
+
+
+@pytest.mark.slow
+def test_multi_input_model_end_to_end_on_emulated_arm64(multi, cli):
+    rootfs = Path(default_rootfs())
+    need(shutil.which("qemu-aarch64-static") is not None, "qemu-aarch64-static")
+    need((rootfs / "usr/bin/python3").is_file(), f"the arm64 rootfs at {rootfs} (devices/emulation/setup_rootfs.sh)")
+    result = cli("bench", multi, "--device", "arm64-qemu", "--shape", "ids=1x8", "--shape", f"x=1x8x{DIM}", "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert r["emulated"] is True and r["device"] == "arm64-qemu"
+    assert r["machine"] == "aarch64"  # the agent really ran on the arm64 python
+    assert r["inputs"]["ids"]["dtype"] == "int64" and r["runs"] == 20
+    assert 0 < r["latency_ms"]["min"] <= r["latency_ms"]["p50"]
+    assert "EMULATED" in cli("bench", multi, "--device", "arm64-qemu", "--shape", "ids=1x8",
+                             "--shape", f"x=1x8x{DIM}", "--runs", 2).stdout
+
+
+def test_missing_qemu_is_one_clear_line(tmp_path, conv, cli):
+    profile = write_profile(tmp_path / "p.toml", runner='kind = "emulated"\nqemu = "qemu-nonexistent-static"\n')
+    result = cli("bench", conv, "--device", profile)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "qemu-nonexistent-static not found; install it with `apt-get install qemu-user-static`" in result.stderr
+
+
+def test_missing_rootfs_is_one_clear_line(tmp_path, conv, cli):
+    need(shutil.which("qemu-aarch64-static") is not None, "qemu-aarch64-static")
+    missing = tmp_path / "none"
+    profile = write_profile(tmp_path / "p.toml", runner=f'kind = "emulated"\nrootfs = "{missing}"\n')
+    result = cli("bench", conv, "--device", profile)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"build it with `devices/emulation/setup_rootfs.sh {missing}`" in result.stderr
