@@ -5,7 +5,7 @@ general-purpose compressors only partly recover the waste. A compact container k
 ONNX bytes but cuts the raw bytes of every sparse float initializer out of them, and stores
 for each one a 1-bit mask of its nonzero elements (``np.packbits``) and the nonzero values
 (split into byte planes, which compress far better than interleaved floats). Everything
-but a small header is then compressed with xz (preset 9, extreme).
+but a small header is then compressed with xz (preset 6).
 
 ``expand`` splices the raw bytes back and yields the original ONNX file bit for bit (its
 sha256 is stored in the header and checked). Only the standard library and numpy are used
@@ -36,7 +36,7 @@ MAGIC = b"MXPCOMP\x01"
 FORMAT = "mixprune-compact"
 VERSION = 1
 SUFFIX = ".mxc"
-_PRESET = 9 | lzma.PRESET_EXTREME
+_PRESET = 6  # xz default: as small as 9e on pruned models here, 2x faster, 9 MB to decompress
 _MIN_ELEMENTS = 64  # smaller tensors stay in the skeleton: the bookkeeping would cost more
 
 # ONNX TensorProto.DataType codes of float types, by element size in bytes

@@ -11,9 +11,17 @@ import torch
 from mixprune.data import DataSpec
 from mixprune.models import ModelSpec, build_model, save_weights
 
-RESNET = ModelSpec("resnet18", num_classes=10, in_chans=1, img_size=16)
-VIT = ModelSpec("vit_tiny_patch16_224", num_classes=10, in_chans=1, img_size=16,
-                kwargs={"patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 2})
+# tiny configurations of the timm families mixprune must export (the full resnet18 is
+# kept for one slow test)
+SPECS = {
+    "resnet": ModelSpec("resnet18", 10, 1, 16, {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}),
+    "mobilenet": ModelSpec("mobilenetv3_small_050", 10, 1, 16),
+    "convnext": ModelSpec("convnext_atto", 10, 1, 32, {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}),
+    "swin": ModelSpec("swin_tiny_patch4_window7_224", 10, 1, 16,
+                      {"patch_size": 2, "window_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2]}),
+    "vit": ModelSpec("vit_tiny_patch16_224", 10, 1, 16, {"patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 2}),
+    "resnet18_full": ModelSpec("resnet18", 10, 1, 16),
+}
 
 
 def prune_by_magnitude(state: dict, ratio: float) -> dict:
@@ -65,6 +73,7 @@ def make_run(root: Path, spec: ModelSpec, ratios: dict[str, float], seed: int = 
     return root
 
 
-@pytest.fixture(scope="session")
-def resnet_run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("resnet") / "run", RESNET, {"mag80": 0.8, "mag50": 0.5})
+@pytest.fixture
+def build_run(tmp_path):
+    """build_run(family, {cid: ratio}) -> a fresh run directory of a tiny model of that family."""
+    return lambda family, ratios, seed=0: make_run(tmp_path / family, SPECS[family], ratios, seed)

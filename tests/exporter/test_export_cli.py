@@ -1,0 +1,180 @@
+"""`mixprune export` end to end on tiny run directories: records, artifacts, skip logic, errors."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import helper, numpy_helper
+from safetensors.torch import load_file, save_file
+
+from mixprune import compact
+from mixprune.cli import main
+from mixprune.exporter import stage
+
+FAMILIES = ["resnet", "mobilenet", "convnext", "swin", "vit"]
+
+
+def export(*args):
+    return CliRunner().invoke(main, ["export", *map(str, args)])
+
+
+def record(folder):
+    return json.loads((folder / "export.json").read_text())
+
+
+def zeros_in_file(onnx_path, layers):
+    """Zeros of the ONNX tensors export.json maps the prunable weights to, read from the file itself."""
+    proto = onnx.load(str(onnx_path))
+    tensors = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return sum(int((tensors[entry["onnx"]] == 0).sum()) for entry in layers.values())
+
+
+def logits(model, x):
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_exports_with_zeros_kept_and_parity(build_run, family):
+    run = build_run(family, {"mag80": 0.8})
+    results = stage.export_run(run, ["mag80"], stage.ExportOptions(parity_samples=64))
+    assert set(results) == {"mag80"} and not (run / "dense" / "export.json").exists()
+    rec = record(run / "candidates" / "mag80")
+    assert rec["zeros_torch"] > 0.75 * rec["prunable_params"]
+    assert rec["sparsity_preserved"] and rec["unmatched"] == []
+    assert rec["zeros_onnx"] >= rec["zeros_torch"]
+    assert zeros_in_file(run / "candidates" / "mag80" / "model.onnx", rec["layers"]) == rec["zeros_onnx"]
+    assert rec["parity"]["max_abs_diff"] <= 1e-4 and rec["parity"]["top1_agreement"] == 1.0
+    assert rec["parity"]["samples"] == 64
+    assert rec["bytes"]["compact"] < rec["bytes"]["gzip"] < rec["bytes"]["onnx"]
+    assert rec["bytes"]["sparse"] < rec["bytes"]["onnx"]
+    assert rec["verified"]
+
+
+def test_cli_writes_artifacts_that_match_the_record(build_run, tmp_path):
+    run = build_run("resnet", {"mag80": 0.8})
+    done = export(run)
+    assert done.exit_code == 0, done.output
+    assert "mag80" in done.output and "exported" in done.output
+    folder = run / "candidates" / "mag80"
+    rec = record(folder)
+    for key in ("opset", "simplified", "simplify_note", "zeros_torch", "zeros_onnx", "sparsity_preserved"):
+        assert key in rec
+    assert rec["opset"] == 17 and onnx.load(str(folder / "model.onnx")).opset_import[0].version == 17
+    data = (folder / "model.onnx").read_bytes()
+    assert rec["bytes"]["onnx"] == len(data) and rec["onnx_sha256"] == hashlib.sha256(data).hexdigest()
+    assert rec["bytes"]["compact"] == (folder / "model.onnx.mxc").stat().st_size
+    assert rec["inputs"][0]["shape"] == ["batch", 1, 16, 16]
+    # the compact container expands to the dense export, bit for bit
+    assert compact.expand(folder / "model.onnx.mxc", tmp_path / "back.onnx") == rec["onnx_sha256"]
+    # the dense model got its export too, and no temporaries were left behind
+    assert record(run / "dense")["zeros_torch"] == 0
+    assert not list(run.rglob(".*.tmp"))
+    assert json.loads((run / "run.json").read_text())["stages"]["export"]["status"] == "done"
+
+
+def test_unchanged_models_are_skipped_and_changed_weights_reexported(build_run):
+    run = build_run("vit", {"a": 0.5, "b": 0.8})
+    assert export(run).exit_code == 0
+    first = {cid: record(run / "candidates" / cid)["exported_at"] for cid in ("a", "b")}
+    again = export(run)
+    assert again.exit_code == 0 and again.output.count("skipped") == 3
+    weights = run / "candidates" / "a" / "weights.safetensors"
+    state = load_file(str(weights))
+    name = next(k for k, v in state.items() if v.dim() >= 2 and k.endswith("weight"))
+    state[name] = torch.zeros_like(state[name])
+    save_file(state, str(weights))
+    third = export(run)
+    assert third.exit_code == 0 and third.output.count("skipped") == 2
+    rec = record(run / "candidates" / "a")
+    assert rec["layers"][name]["zeros_onnx"] == state[name].numel()
+    assert record(run / "candidates" / "b")["exported_at"] == first["b"]
+
+
+def test_sparse_storage_option(build_run, tmp_path):
+    run = build_run("resnet", {"mag80": 0.8})
+    done = export(run, "--candidate", "mag80", "--storage", "sparse", "--no-simplify")
+    assert done.exit_code == 0, done.output
+    assert not (run / "dense" / "model.onnx").exists()  # only the chosen candidate
+    folder = run / "candidates" / "mag80"
+    rec = record(folder)
+    assert rec["storage"] == "sparse" and not rec["simplified"] and "--no-simplify" in rec["simplify_note"]
+    proto = onnx.load(str(folder / "model.onnx"))
+    assert len(proto.graph.sparse_initializer) == rec["sparse_storage"]["tensors"] > 0
+    assert rec["bytes"]["model_onnx"] == rec["bytes"]["sparse"] == (folder / "model.onnx").stat().st_size
+    dense = tmp_path / "dense.onnx"
+    assert compact.expand(folder / "model.onnx.mxc", dense) == rec["dense_onnx_sha256"] != rec["onnx_sha256"]
+    x = np.random.default_rng(0).standard_normal((5, 1, 16, 16)).astype(np.float32)
+    assert np.array_equal(logits(folder / "model.onnx", x), logits(dense, x))
+
+
+# --- bad input: one line, exit code 2, no model.onnx ---------------------------------------
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_run_directory(tmp_path):
+    assert_one_line_error(export(tmp_path / "nope"), "run directory", "does not exist")
+
+
+def test_unknown_candidate(build_run):
+    run = build_run("vit", {"a": 0.5})
+    assert_one_line_error(export(run, "--candidate", "zz"), "no finished candidate zz", "available: dense, a")
+
+
+def test_corrupt_weights(build_run):
+    run = build_run("vit", {"a": 0.5})
+    (run / "candidates" / "a" / "weights.safetensors").write_bytes(b"not a safetensors file")
+    assert_one_line_error(export(run, "--candidate", "a"), "cannot read checkpoint", "weights.safetensors")
+    assert not (run / "candidates" / "a" / "model.onnx").exists()
+
+
+def test_model_that_fails_to_export(build_run, monkeypatch):
+    class Cummax(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.cummax(x, 1)[0].mean((1, 2)))
+
+    run = build_run("vit", {"a": 0.5})
+    monkeypatch.setattr(stage, "build_model", lambda spec: Cummax())
+    monkeypatch.setattr(stage, "load_weights", lambda model, path: None)
+    result = export(run, "--candidate", "a")
+    assert_one_line_error(result, "cannot export vit_tiny_patch16_224 (a)", "aten::cummax")
+    assert not (run / "candidates" / "a" / "model.onnx").exists()
+    assert not list(run.rglob(".*.tmp"))
+
+
+def test_onnx_file_that_onnxruntime_refuses(build_run, monkeypatch):
+    def unrunnable(model, input_shape, *, opset, label):
+        node = helper.make_node("NoSuchOp", ["input"], ["logits"], domain="example.custom")
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)])
+
+    run = build_run("vit", {"a": 0.5})
+    monkeypatch.setattr(stage, "export_onnx", unrunnable)
+    result = export(run, "--candidate", "a")
+    assert_one_line_error(result, "onnxruntime refuses the ONNX model of vit_tiny_patch16_224 (a)", "NoSuchOp")
+    assert "Traceback" not in result.output
+    assert not (run / "candidates" / "a" / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_full_resnet18_candidate(build_run):
+    run = build_run("resnet18_full", {"mag80": 0.8})
+    results = stage.export_run(run, ["mag80"], stage.ExportOptions(parity_samples=64))
+    rec = results["mag80"]
+    assert rec["sparsity_preserved"] and rec["zeros_onnx"] >= rec["zeros_torch"] > 0.79 * rec["prunable_params"]
+    assert rec["parity"]["max_abs_diff"] <= 1e-4 and rec["parity"]["top1_agreement"] == 1.0
+    assert rec["bytes"]["compact"] < 0.25 * rec["bytes"]["onnx"]
