@@ -59,6 +59,91 @@ def models_list(pattern):
 
 
 # --- prune ----------------------------------------------------------------------------
+def _ratio_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.7,0.8,0.9, got '{value}'")
+
+
+def _model_args(ctx, param, values):
+    if not values:
+        return None
+    parsed = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got '{item}'")
+        parsed[key] = _literal(raw)
+    return parsed
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _explicit(ctx, **values):
+    """Only the flags the user gave, so TOML files and resumed runs keep their own values."""
+    from click.core import ParameterSource
+
+    return {k: v for k, v in values.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+
+
+@main.command()
+@click.option("--model", help="timm model name (see `mixprune models list`).  [default: resnet18]")
+@click.option("--data", help="'digits' (built in) or a folder with train/ and val/ class folders.  [default: digits]")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory to create (e.g. runs/demo).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Trained weights (.safetensors, or a torch file loaded with weights_only).")
+@click.option("--pretrained", is_flag=True, default=None, help="Start from timm's pretrained weights (needs the hub, or --pretrained-file).")
+@click.option("--pretrained-file", type=click.Path(dir_okay=False), help="Local file for timm's pretrained loading.")
+@click.option("--model-arg", "model_args", multiple=True, callback=_model_args, metavar="KEY=VALUE",
+              help="Extra timm constructor argument, e.g. patch_size=4 (repeatable).")
+@click.option("--img-size", type=int, help="Input image size.  [default: 32]")
+@click.option("--train-epochs", type=int, help="Epochs to train the dense model when no checkpoint is given.  [default: 15]")
+@click.option("--signals", help="Comma list of magnitude,gradient,product.  [default: all three]")
+@click.option("--baselines", help="Matched global baselines: comma list of mag,snip,grasp,uniform.  [default: mag,snip,grasp]")
+@click.option("--targets", callback=_ratio_list, help="Global sparsities of the range-finding runs.  [default: 0.7,0.8,0.9]")
+@click.option("--sparsity", type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")
+@click.option("--rules", type=click.Path(dir_okay=False), help="Your own rule table (TOML) instead of the built-in one.")
+@click.option("--calib-fraction", type=float, help="Fraction of the training split used for calibration.  [default: 0.1]")
+@click.option("--no-recalibrate", "recalibrate", flag_value=False, default=None,
+              help="Skip re-estimating BatchNorm statistics after pruning.")
+@click.option("--finetune-epochs", type=int, help="Fine-tune epochs (0 = none).  [default: 2]")
+@click.option("--finetune-top", type=int, help="Fine-tune the best K candidates and their matched baselines.  [default: 3]")
+@click.option("--finetune-lr", type=float, help="Adam learning rate for fine-tuning.  [default: 1e-4]")
+@click.option("--seed", type=int, help="Random seed.  [default: 0]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file holding any of these options.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out; finished candidates are kept.")
+@click.pass_context
+def prune(ctx, config_file, resume, **flags):
+    """Train (if needed) and prune a model into Mix-and-Match candidates.
+
+    \b
+    Writes to --out: dense/ (weights, accuracy), ranges.json (per-layer ranges),
+    candidates/<cid>/ (strategy.json, weights.safetensors, eval.json) for
+    3 signals x 10 strategies plus matched global baselines.
+    """
+    from .config import RunConfig, resolve_resume
+    from .pruning.stage import run_prune
+
+    explicit = _explicit(ctx, **flags)
+    if resume:
+        config = resolve_resume(config_file, explicit)
+    else:
+        config = RunConfig.build(config_file, **explicit)
+    if not config.out:
+        raise click.UsageError("--out is required (the run directory to write), e.g. --out runs/demo")
+    summary = run_prune(config, resume=resume)
+    click.echo(f"{summary['mixmatch']} Mix-and-Match candidates and {summary['baselines']} baselines in "
+               f"{config.out}; best before export: {summary['best']} (dense accuracy {summary['dense_accuracy']:.3f})")
+
 
 
 # --- export ---------------------------------------------------------------------------

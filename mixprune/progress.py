@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -32,13 +31,24 @@ def progress_bar():
 
 
 def track(iterable, description: str, total: int | None = None):
-    """Iterate with a progress bar; off a terminal, print one line at start instead."""
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)
-    if not _console.is_terminal and not _quiet():
-        print(f"{description} ({total} steps)" if total else description, file=sys.stderr, flush=True)
+    """Iterate with a live progress bar on a terminal; silently elsewhere (logs stay short)."""
     with progress_bar() as progress:
         yield from progress.track(iterable, total=total, description=description)
+
+
+class Counter:
+    """Progress of a long outer loop: a live bar on a terminal, a line every ``every`` steps in logs."""
+
+    def __init__(self, progress, description: str, total: int, every: int = 10):
+        self.progress, self.description, self.total, self.every = progress, description, total, every
+        self.task = progress.add_task(description, total=total)
+        self.done = 0
+
+    def advance(self, note: str = "") -> None:
+        self.done += 1
+        self.progress.advance(self.task)
+        if not _console.is_terminal and (self.done % self.every == 0 or self.done == self.total):
+            say(f"{self.description}: {self.done}/{self.total} {note}".rstrip())
 
 
 def say(message: str) -> None:

@@ -133,3 +133,17 @@ class RunDir:
 
     def stage_status(self, stage: str) -> str | None:
         return self.load().get("stages", {}).get(stage, {}).get("status")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages a result depends on (read from metadata, nothing imported)."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("mixprune", "torch", "timm", "onnx", "onnxruntime", "onnxsim", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions

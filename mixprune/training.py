@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from .progress import track
+from .progress import say, track
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
@@ -89,7 +89,7 @@ def train(
             optimizer.step()
             if after_step is not None:
                 after_step()
-            running += float(loss) * int(labels.numel())
+            running += loss.item() * int(labels.numel())
         entry = {"epoch": epoch + 1, "loss": running / max(len(train_set), 1)}
         if tune_set is not None:
             entry["tune_accuracy"] = evaluate(model, tune_set, description="tune accuracy")
@@ -98,6 +98,8 @@ def train(
             else:
                 stale += 1
         history.append(entry)
+        say(f"{description} epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f}"
+            + (f", tune accuracy {entry['tune_accuracy']:.3f}" if "tune_accuracy" in entry else ""))
         if patience is not None and stale >= patience:
             break
     if best_state is not None:
