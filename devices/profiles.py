@@ -28,7 +28,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "": {
         "name": Field("str", help="short id, used in file names (bench/<name>.json)", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*"),
         "description": Field("str", ""),
-        "arch": Field("str", help="CPU architecture", choices=("x86_64", "aarch64", "armv7l")),
+        "arch": Field("str", help="CPU architecture; auto = whatever runs the agent (the record's machine)",
+                      choices=("auto", "x86_64", "aarch64", "armv7l")),
         "cpu": Field("str", "", help="CPU model, e.g. Cortex-A72"),
         "cores": Field("int", help="CPU cores of the device; 0 = every core of the machine the agent runs on", minimum=0),
         "memory_mb": Field("number", 0, help="installed RAM (informative); 0 = unknown", minimum=0),

@@ -55,7 +55,7 @@ class Runner:
         stdout, stderr, returncode = self._execute(Path(model).resolve(), json.dumps(config))
         wall_ms = (time.perf_counter_ns() - start) / 1e6
         record = self._parse(stdout, stderr, returncode)
-        record.update(runner=self.describe(), runner_wall_ms=wall_ms, emulated=self.emulated)
+        record.update(runner=self.describe(), runner_wall_ms=wall_ms)
         return record
 
     def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
