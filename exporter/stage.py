@@ -15,7 +15,6 @@ import hashlib
 from pathlib import Path
 
 import onnx
-import onnxruntime
 import torch
 
 from mixprune import compact
@@ -23,7 +22,7 @@ from mixprune.data import DataSpec, load_splits
 from mixprune.errors import ExportError, RunDirError
 from mixprune.models import ModelSpec, build_model, load_weights
 from mixprune.progress import progress_bar, say
-from mixprune.runs import RunDir, atomic_write_bytes, atomic_write_json, now_iso, read_json
+from mixprune.runs import RunDir, atomic_write_bytes, atomic_write_json, now_iso, package_versions, read_json
 
 from . import parity, storage
 from .audit import audit, prunable_names
@@ -60,7 +59,10 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
     """
     run = RunDir(run_dir)
     record = run.require()
-    spec = ModelSpec.from_dict(record["model"])
+    try:
+        spec, data = ModelSpec.from_dict(record["model"]), DataSpec.from_dict(record["data"])
+    except (KeyError, TypeError) as exc:
+        raise RunDirError(f"{run.run_json} lacks a valid model or data spec ({exc}); re-run `mixprune prune`") from exc
     available = run.model_dirs()
     chosen = list(dict.fromkeys(candidates)) or list(available)
     missing = [cid for cid in chosen if cid not in available]
@@ -72,7 +74,7 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
     todo = [cid for cid in chosen if options.force or not is_current(available[cid], options)]
     results = {cid: dict(read_json(available[cid] / RECORD_FILE), skipped=True) for cid in chosen if cid not in todo}
     if todo:
-        samples = held_out_samples(DataSpec.from_dict(record["data"]), options.parity_samples)
+        samples = held_out_samples(data, options.parity_samples)
         with progress_bar() as progress:
             task = progress.add_task("export", total=len(todo) * len(STEPS))
             for cid in todo:
@@ -183,7 +185,7 @@ def export_model(model_dir: Path, spec: ModelSpec, samples: torch.Tensor, option
         },
         "sparse_storage": {**sparse_info, "onnx_checker_accepts": _checker_accepts(sparse_proto)},
         "runtime_note": RUNTIME_NOTE,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": package_versions(),
         "layers": zeros["layers"],
         "exported_at": now_iso(),
     }

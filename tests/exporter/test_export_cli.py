@@ -125,6 +125,12 @@ def test_missing_run_directory(tmp_path):
     assert_one_line_error(export(tmp_path / "nope"), "run directory", "does not exist")
 
 
+def test_run_json_without_a_model_spec(build_run):
+    run = build_run("vit", {})
+    (run / "run.json").write_text("{}")
+    assert_one_line_error(export(run), "run.json lacks a valid model or data spec")
+
+
 def test_unknown_candidate(build_run):
     run = build_run("vit", {"a": 0.5})
     assert_one_line_error(export(run, "--candidate", "zz"), "no finished candidate zz", "available: dense, a")
