@@ -208,7 +208,7 @@ def devices_list():
 @devices.command("show")
 @click.argument("device", metavar="NAME|FILE")
 def devices_show(device):
-    """Check and print one profile (a built-in NAME or a .toml FILE) as TOML."""
+    """Check a profile (built-in NAME or .toml FILE) and print it."""
     from pathlib import Path
 
     from .devices.profiles import load_profile

@@ -12,7 +12,10 @@ and compares the p50s side by side (ratio agent / bare per repetition, then the 
 the ratios). Agent start-up (process + imports) and cold start (session + first run) are
 reported separately from the steady-state latency.
 
-    python experiments/harness/run_harness.py [--reps 11] [--warmup 10] [--threads 1,2]
+    python experiments/harness/run_harness.py [--reps 21] [--warmup 5] [--threads 1,2]
+
+Many short interleaved pairs rather than a few long ones: on a shared machine a burst of
+someone else's work then spoils a few pairs, which the median of the ratios ignores.
 
 Writes experiments/harness/results.json (atomically) and prints a summary table.
 """
@@ -36,10 +39,10 @@ from mixprune.devices.profiles import load_profile
 from mixprune.runs import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
-MODELS = {  # name -> (input size, timed runs): ~40x apart in latency, >= ~0.5 s of timed runs each
-    "resnet18": (160, 100),
-    "mobilenetv3_small_100": (224, 400),
-    "test_efficientnet": (96, 1000),
+MODELS = {  # name -> (input size, timed runs): ~40x apart in latency, ~0.3-1.5 s of timed runs each
+    "resnet18": (160, 50),
+    "mobilenetv3_small_100": (224, 200),
+    "test_efficientnet": (96, 500),
 }
 
 
@@ -94,8 +97,8 @@ def spread(values: list[float]) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=11)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "mixprune-harness-models")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
@@ -138,6 +141,8 @@ def main():
                 "agent_p50_ms_median": statistics.median(agent_p50),
                 "bare_p50_ms_median": statistics.median(bare_p50),
                 "ratio_median": statistics.median(ratios),
+                "ratio_q25": float(np.percentile(ratios, 25)),
+                "ratio_q75": float(np.percentile(ratios, 75)),
                 "ratio_min": min(ratios),
                 "ratio_max": max(ratios),
                 "agent_p50_spread": spread(agent_p50),
@@ -163,12 +168,12 @@ def main():
         "results": results,
     }
     atomic_write_json(args.out, record)
-    print(f"{'threads':<8} {'model':<22} {'agent p50':>10} {'bare p50':>10} {'ratio':>6} {'[min,max]':>14} "
+    print(f"{'threads':<8} {'model':<22} {'agent p50':>10} {'bare p50':>10} {'ratio':>6} {'[q25,q75]':>14} "
           f"{'spread a/b':>12} {'import':>7} {'process':>8} {'cold a/b':>14}")
     for key, summary in results.items():
         for name, s in summary.items():
             print(f"{key[8:]:<8} {name:<22} {s['agent_p50_ms_median']:>10.3f} {s['bare_p50_ms_median']:>10.3f} "
-                  f"{s['ratio_median']:>6.3f} [{s['ratio_min']:.3f},{s['ratio_max']:.3f}] "
+                  f"{s['ratio_median']:>6.3f} [{s['ratio_q25']:.3f},{s['ratio_q75']:.3f}] "
                   f"{s['agent_p50_spread']:>5.1%}/{s['bare_p50_spread']:<5.1%} {s['agent_import_ms_median']:>6.0f} "
                   f"{s['agent_process_ms_median']:>8.0f} {s['agent_cold_start_ms_median']:>6.1f}/"
                   f"{s['bare_cold_start_ms_median']:<6.1f}")
