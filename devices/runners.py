@@ -13,9 +13,9 @@ from pathlib import Path
 
 from mixprune.errors import BenchmarkError, DeviceError
 
-from ..fields import Field
+from .fields import Field
 
-AGENT = Path(__file__).resolve().parent.parent / "agent.py"
+AGENT = Path(__file__).resolve().parent / "agent.py"
 
 _REGISTRY: dict[str, type[Runner]] = {}
 
@@ -80,4 +80,4 @@ class Runner:
 
 
 # Importing the runner modules registers them.
-from . import local, ssh, emulated  # noqa: E402,F401
+from . import runner_emulated, runner_local, runner_ssh  # noqa: E402,F401

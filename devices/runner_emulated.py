@@ -14,9 +14,9 @@ from pathlib import Path
 
 from mixprune.errors import DeviceError
 
-from ..fields import Field
-from . import AGENT, register_runner
-from .local import LocalRunner
+from .fields import Field
+from .runners import AGENT, register_runner
+from .runner_local import LocalRunner
 
 SETUP_SCRIPT = "devices/emulation/setup_rootfs.sh"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from mixprune.errors import DeviceError
 
-from ..fields import Field
-from . import AGENT, Runner, register_runner
+from .fields import Field
+from .runners import AGENT, Runner, register_runner
 
 _SSH_FAILED = 255  # ssh's own exit code for connection / authentication failures
 _TIMED_OUT = 124  # coreutils / busybox `timeout` on the device
