@@ -66,6 +66,11 @@ class AgentError(Exception):
     """Anything that stops the measurement: reported as {"error": message}, exit 2."""
 
 
+def one_line(exc):
+    """onnxruntime's messages can span lines; the error record is one line."""
+    return " ".join(str(exc).split())
+
+
 # --- the machine ------------------------------------------------------------------------
 def usable_cores():
     try:
@@ -167,7 +172,7 @@ def make_session(model, config):
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=config["execution_providers"])
     except Exception as exc:  # onnxruntime raises its own exception types; its message is the point
-        raise AgentError(f"onnxruntime refused {os.path.basename(model)}: {str(exc).strip()}") from exc
+        raise AgentError(f"onnxruntime refused {os.path.basename(model)}: {one_line(exc)}") from exc
 
 
 def _fixed(dim):
@@ -253,7 +258,7 @@ def benchmark(model, config):
     try:
         session.run(None, feeds)
     except Exception as exc:
-        raise AgentError(f"onnxruntime failed to run {os.path.basename(model)}: {str(exc).strip()}") from exc
+        raise AgentError(f"onnxruntime failed to run {os.path.basename(model)}: {one_line(exc)}") from exc
     t3 = time.perf_counter_ns()
     for _ in range(warmup):
         session.run(None, feeds)

@@ -75,6 +75,8 @@ class Runner:
             raise BenchmarkError(record["error"])
         if not isinstance(record, dict) or returncode != 0:
             detail = (stderr.strip().splitlines() or ["no output"])[-1]
+            if "No module named" in detail:
+                detail += "; the device needs `pip install onnxruntime numpy` for its python"
             raise DeviceError(f"the agent failed on {self.describe()} (exit code {returncode}): {detail}")
         return record
 

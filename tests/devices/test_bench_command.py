@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -137,3 +138,13 @@ def test_bench_does_not_import_torch(conv, box):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["device"] == "testbox"
+
+
+def test_throttling_is_shown(tmp_path, conv, box, cli, monkeypatch):
+    fake = tmp_path / "bin" / "vcgencmd"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho throttled=0x50000\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    result = cli("bench", conv, "--device", box)
+    assert result.exit_code == 0 and "throttled    0x50000" in result.stdout

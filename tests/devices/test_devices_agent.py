@@ -131,3 +131,19 @@ def test_peak_rss_does_not_inherit_the_launching_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout) < 250
+
+
+def test_pi_throttling_flags_are_recorded(tmp_path, conv):
+    """On a Pi, `vcgencmd get_throttled` answers e.g. throttled=0x50005 (under-voltage and
+    throttling have occurred); a stand-in on PATH plays the firmware here."""
+    fake = tmp_path / "bin" / "vcgencmd"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n[ \"$1\" = get_throttled ] && echo throttled=0x50005\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, str(AGENT), str(conv), "--json-config", '{"runs": 2}'],
+                          capture_output=True, text=True, env=env, timeout=120)
+    record = json.loads(proc.stdout)
+    assert record["throttled"] == "0x50005"
+    for state in (record["before"], record["after"]):  # frequency / temperature, None where /sys lacks them
+        assert set(state) == {"cpu_mhz", "temperature_c"}

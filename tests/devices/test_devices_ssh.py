@@ -70,3 +70,12 @@ def test_run_timeout_stops_the_agent_on_the_device(tmp_path, sshd, conv, cli):
     assert result.exit_code == 2
     assert "did not finish within run_timeout_s=2" in result.stderr
     assert leftovers(sshd) == []
+
+
+def test_device_python_without_onnxruntime(tmp_path, sshd, conv, cli):
+    bare_python = tmp_path / "python-without-ort"
+    bare_python.write_text(f"#!/bin/sh\nexec {sshd['python']} -S -I \"$@\"\n")  # no site-packages
+    bare_python.chmod(0o755)
+    result = cli("bench", conv, "--device", profile(tmp_path, sshd, python=str(bare_python)))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "No module named 'numpy'" in result.stderr and "pip install onnxruntime numpy" in result.stderr
