@@ -271,11 +271,9 @@ def bench(target, device, runs, warmup, threads, shapes, as_json):
         records = bench_run_dir(path, profile, config)
         click.echo(json.dumps(records, indent=2) if as_json else format_table(records))
     else:
-        say(f"Benchmarking {path.name} on {profile.name} ({profile.runner.describe()}), "
-            f"{config['warmup']} warm-up + {config['runs']} runs")
+        say(f"Benchmarking {path.name} on {profile.name}: {config['warmup']} warm-up + {config['runs']} runs")
         record = bench_model(path, profile, config)
         click.echo(json.dumps(record, indent=2) if as_json else format_record(record))
-
 
 
 if __name__ == "__main__":  # pragma: no cover
