@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mixprune.devices.profiles import Profile
 from mixprune.errors import BenchmarkError, RunDirError
-from mixprune.progress import say, track
+from mixprune.progress import Counter, progress_bar, say
 from mixprune.runs import RunDir, atomic_write_json, read_json
 
 from .records import UNSTRUCTURED_NOTE, make_record
@@ -59,6 +59,15 @@ def _unstructured_note(model_dir: Path) -> dict:
     return {"note": UNSTRUCTURED_NOTE} if sparse else {}
 
 
+def _export_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """mixprune exports a dynamic batch dimension (export.json ``inputs``); a run directory is
+    benchmarked one image at a time, batch 1, unless --shape or the profile says otherwise."""
+    export = model_dir / "export.json"
+    inputs = read_json(export).get("inputs", []) if export.is_file() else []
+    return {i["name"]: [1, *i["shape"][1:]] for i in inputs
+            if i.get("shape") and all(isinstance(d, int) for d in i["shape"][1:])}
+
+
 def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> dict[str, dict]:
     """Measure the dense model and every exported candidate, one fresh process each.
 
@@ -75,9 +84,13 @@ def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> di
     if skipped:
         say(f"not exported yet, skipped: {', '.join(skipped)}")
     records = {}
-    for cid in track(list(todo), f"Benchmarking {len(todo)} models on {profile.name}"):
-        model_dir = todo[cid]
-        record = bench_model(model_dir / "model.onnx", profile, config, candidate=cid, **_unstructured_note(model_dir))
-        atomic_write_json(model_dir / "bench" / f"{profile.name}.json", record)
-        records[cid] = record
+    with progress_bar() as progress:
+        counter = Counter(progress, f"Benchmarking on {profile.name}", total=len(todo), every=1)
+        for cid, model_dir in todo.items():
+            model_config = {**config, "shapes": {**_export_shapes(model_dir), **config["shapes"]}}
+            record = bench_model(model_dir / "model.onnx", profile, model_config, candidate=cid,
+                                 **_unstructured_note(model_dir))
+            atomic_write_json(model_dir / "bench" / f"{profile.name}.json", record)
+            records[cid] = record
+            counter.advance(f"({cid}: p50 {record['latency_ms']['p50']:.3f} ms)")
     return records

@@ -63,15 +63,22 @@ def make_run_dir(root, models: dict):
     return root
 
 
+def exported_with_dynamic_batch(path):
+    """As the exporter leaves it: a dynamic batch dimension, declared in export.json."""
+    conv_model(path, batch="batch")
+    (path.parent / "export.json").write_text(json.dumps({"inputs": [{"name": "x", "shape": ["batch", 3, 16, 16]}]}))
+
+
 def test_run_dir_benches_every_exported_model_in_its_own_process(tmp_path, box, cli):
     run = make_run_dir(tmp_path / "run", {
         "dense": lambda p: conv_model(p, batch=1, extra_weight_mb=24),
-        "c01": lambda p: conv_model(p, batch=1),
+        "c01": exported_with_dynamic_batch,
         "c02": None,
     })
     result = cli("bench", run, "--device", box, "--json")
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
+    assert records["c01"]["inputs"]["x"]["shape"] == [1, 3, 16, 16]  # batch 1 from export.json
     assert sorted(records) == ["c01", "dense"]
     for cid, d in (("dense", run / "dense"), ("c01", run / "candidates" / "c01")):
         on_disk = json.loads((d / "bench" / "testbox.json").read_text())
