@@ -19,9 +19,10 @@
 #
 # Needs: root (debootstrap), debootstrap, dpkg-deb, qemu-user-static, a host python with pip,
 # network access to the Debian mirror and PyPI. Cost here: ~45 MB of .debs + ~35 MB of wheels
-# downloaded, about 30 s, ~330 MB on disk. Re-running with the same settings is a no-op
-# (a stamp file records them); the build goes to ROOTFS.partial and is renamed into place
-# only when the smoke test passes, so an interrupted build never leaves a broken rootfs.
+# downloaded, 35-45 s, ~310 MB on disk. Re-running with the same settings and the same version
+# of this script is a no-op (a stamp file records both), so CI can cache ROOTFS; the build goes
+# to ROOTFS.partial and is renamed into place only when the smoke test passes, so an
+# interrupted build never leaves a broken rootfs.
 #
 # Settings (environment): SUITE (bookworm), MIRROR (http://deb.debian.org/debian),
 # ONNXRUNTIME_VERSION (1.32.0), NUMPY_VERSION (2.4.6), HOST_PYTHON (python3).
@@ -35,7 +36,8 @@ NUMPY_VERSION=${NUMPY_VERSION:-2.4.6}
 HOST_PYTHON=${HOST_PYTHON:-python3}
 QEMU=${QEMU:-qemu-aarch64-static}
 
-stamp="suite=$SUITE mirror=$MIRROR onnxruntime=$ONNXRUNTIME_VERSION numpy=$NUMPY_VERSION"
+script_hash=$(sha256sum "$0" | cut -c1-12)
+stamp="suite=$SUITE mirror=$MIRROR onnxruntime=$ONNXRUNTIME_VERSION numpy=$NUMPY_VERSION script=$script_hash"
 if [[ -f "$ROOTFS/.mixprune-rootfs" && "$(cat "$ROOTFS/.mixprune-rootfs")" == "$stamp" ]]; then
     echo "arm64 rootfs already built at $ROOTFS ($stamp)"
     exit 0
@@ -49,9 +51,13 @@ rm -rf "$work"
 mkdir -p "$(dirname "$ROOTFS")"
 
 echo "[1/4] debootstrap (arm64, $SUITE, first stage only)"
-debootstrap --arch=arm64 --foreign --variant=minbase \
-    --include=python3,libstdc++6,libgcc-s1 "$SUITE" "$work" "$MIRROR" >"$work.log" 2>&1 \
-    || { tail -20 "$work.log" >&2; echo "error: debootstrap failed (log: $work.log)" >&2; exit 2; }
+for attempt in 1 2; do  # a second try rides out a flaky mirror
+    rm -rf "$work"
+    debootstrap --arch=arm64 --foreign --variant=minbase \
+        --include=python3,libstdc++6,libgcc-s1 "$SUITE" "$work" "$MIRROR" >"$work.log" 2>&1 && break
+    [[ $attempt == 2 ]] && { tail -20 "$work.log" >&2; echo "error: debootstrap failed (log: $work.log)" >&2; exit 2; }
+    echo "debootstrap failed, retrying" >&2
+done
 
 echo "[2/4] unpacking python3 and its libraries"
 for deb in "$work"/var/cache/apt/archives/*.deb; do
