@@ -8,6 +8,7 @@ import os
 import runpy
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -147,3 +148,25 @@ def test_pi_throttling_flags_are_recorded(tmp_path, conv):
     assert record["throttled"] == "0x50005"
     for state in (record["before"], record["after"]):  # frequency / temperature, None where /sys lacks them
         assert set(state) == {"cpu_mhz", "temperature_c"}
+
+
+def test_peak_rss_bounds_what_an_outside_observer_sees(tmp_path):
+    """Independent of the agent's own reading: sample the agent's VmRSS from outside while it
+    runs; no sample may exceed the reported peak (and the samples do see the weights)."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux /proc")
+    model = conv_model(tmp_path / "big.onnx", batch=1, extra_weight_mb=24)
+    proc = subprocess.Popen([sys.executable, str(AGENT), str(model), "--json-config", '{"runs": 200, "warmup": 1}'],
+                            stdout=subprocess.PIPE, text=True)
+    samples = []
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                samples += [int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS:")]
+        except (OSError, ValueError):  # the process is exiting
+            pass
+        time.sleep(0.002)
+    record = json.loads(proc.communicate()[0])
+    assert len(samples) > 10
+    assert max(samples) <= record["peak_rss_mb"] * 1.05
+    assert max(samples) - record["baseline_rss_mb"] >= 0.9 * record["model_bytes"] / 2**20
