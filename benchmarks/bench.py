@@ -37,7 +37,8 @@ def check_onnx_file(path: Path) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise BenchmarkError(f"{path} is not an ONNX model (it does not parse: {str(exc).strip() or type(exc).__name__})") from exc
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise BenchmarkError(f"{path} is not an ONNX model (it does not parse: {detail})") from exc
     if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
         raise BenchmarkError(f"{path} is not an ONNX model (no IR version, opset or graph nodes)")
 
