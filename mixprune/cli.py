@@ -166,10 +166,12 @@ def export(run_dir, candidates, storage, no_simplify, opset, force):
     from mixprune.exporter.stage import ExportOptions, export_run
 
     options = ExportOptions(opset=opset, storage=storage, simplify=not no_simplify, force=force)
-    for cid, rec in export_run(run_dir, candidates, options).items():
+    results = export_run(run_dir, candidates, options)
+    width = max(map(len, results))
+    for cid, rec in results.items():
         size = rec["bytes"]
         click.echo(
-            f"{cid:<24} {'skipped (up to date)' if rec['skipped'] else 'exported':<20} "
+            f"{cid:<{width}}  {'skipped (up to date)' if rec['skipped'] else 'exported':<20} "
             f"zeros {rec['zeros_onnx']}/{rec['zeros_torch']} {'kept' if rec['sparsity_preserved'] else 'LOST'}  "
             f"max|diff| {rec['parity']['max_abs_diff']:.1e}  top-1 agree {rec['parity']['top1_agreement']:.3f}  "
             f"onnx {size['onnx'] / 1e6:.2f} MB, compact {size['compact'] / size['onnx']:.3f}x")
