@@ -6,6 +6,7 @@ another machine; it is stored in ``run.json`` and weights travel as safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 from pathlib import Path
@@ -63,13 +64,15 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False, pretrained_file: s
             if not Path(pretrained_file).is_file():
                 raise ModelError(f"pretrained file {pretrained_file} does not exist")
             kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
+    offline = pretrained and not pretrained_file and not _hub_reachable()
     try:
-        try:
-            return timm.create_model(spec.name, img_size=spec.img_size, **kwargs)
-        except TypeError as exc:
-            if "img_size" not in str(exc):
-                raise
-            return timm.create_model(spec.name, **kwargs)
+        with _cache_only_hub(offline):
+            try:
+                return timm.create_model(spec.name, img_size=spec.img_size, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in str(exc):
+                    raise
+                return timm.create_model(spec.name, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
         if pretrained and not pretrained_file:
             raise ModelError(
@@ -79,6 +82,36 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False, pretrained_file: s
         raise ModelError(f"cannot build '{spec.name}' with {kwargs}: {_first_line(exc)}") from exc
     except TypeError as exc:
         raise ModelError(f"cannot build '{spec.name}' with {spec.kwargs}: {_first_line(exc)}") from exc
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _cache_only_hub(enabled: bool):
+    """Without a reachable hub, let timm look in the local cache only (instead of retrying
+    each download for a minute); huggingface_hub reads its offline flag from this constant."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def _first_line(exc: BaseException) -> str:

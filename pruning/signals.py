@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mixprune.errors import DataError
 from mixprune.progress import track
 from mixprune.training import make_loader
 
 GRASP_TEMPERATURE = 200.0  # GraSP's softened logits (Wang et al., 2020)
+_FD_STEP = 1e-3  # relative finite-difference step for Hessian-gradient products
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _SIGNALS: dict[str, ScoreFn] = {}
@@ -83,28 +83,43 @@ def calibrate(model, calibration_set, weight_names: list[str], batch_size: int =
     """One pass over the calibration set: {"grad": {name: g}, "hg": {name: Hg}}.
 
     ``g`` is dL/dw summed over batches (cross-entropy); ``Hg`` is GraSP's Hessian-gradient
-    product of the temperature-softened loss, per batch. The model is left unchanged
-    (eval mode, so BatchNorm statistics are not touched).
+    product of the temperature-softened loss, per batch. Hg comes from a central finite
+    difference of gradients, (g(w + r g) - g(w - r g)) / 2r, because double backward is
+    missing for common ops (hardsigmoid, fused attention). The model is left unchanged
+    (eval mode, weights restored bit for bit, BatchNorm statistics untouched).
     """
     params = dict(model.named_parameters())
     weights = [params[name] for name in weight_names]
     grad = {name: torch.zeros_like(w) for name, w in zip(weight_names, weights)}
     hg = {name: torch.zeros_like(w) for name, w in zip(weight_names, weights)}
+    originals = [w.detach().clone() for w in weights]
     loss_fn = torch.nn.CrossEntropyLoss()
     was_training = model.training
     model.eval()
+
+    def soft_grad(images, labels):
+        return torch.autograd.grad(loss_fn(model(images) / GRASP_TEMPERATURE, labels), weights)
+
     batches = 0
     for images, labels in track(make_loader(calibration_set, batch_size), "calibration pass"):
-        # Hg needs a double backward, which fused attention kernels do not implement
-        with sdpa_kernel([SDPBackend.MATH]):
-            logits = model(images)
-            plain = torch.autograd.grad(loss_fn(logits, labels), weights, retain_graph=True)
-            soft = torch.autograd.grad(loss_fn(logits / GRASP_TEMPERATURE, labels), weights, create_graph=True)
-            z = sum((s * s.detach()).sum() for s in soft)
-            hessian_grad = torch.autograd.grad(z, weights)
-        for name, g_b, hg_b in zip(weight_names, plain, hessian_grad):
-            grad[name] += g_b.detach()
-            hg[name] += hg_b.detach()
+        logits = model(images)
+        plain = torch.autograd.grad(loss_fn(logits, labels), weights)
+        direction = soft_grad(images, labels)
+        norm = torch.sqrt(sum((d * d).sum() for d in direction))
+        weight_norm = torch.sqrt(sum((w * w).sum() for w in originals))
+        r = float(_FD_STEP * (1.0 + weight_norm) / (norm + 1e-12))
+        shifted = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for w, w0, d in zip(weights, originals, direction):
+                    w.copy_(w0 + sign * r * d)
+            shifted.append(soft_grad(images, labels))
+        with torch.no_grad():
+            for w, w0 in zip(weights, originals):
+                w.copy_(w0)
+        for name, g_b, up, down in zip(weight_names, plain, *shifted):
+            grad[name] += g_b
+            hg[name] += (up - down) / (2.0 * r)
         batches += 1
     if batches == 0:
         raise DataError("the calibration set is empty; raise --calib-fraction or use more training data")
