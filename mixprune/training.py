@@ -48,7 +48,8 @@ def recalibrate_batchnorm(model, dataset, batch_size: int = 128, description: st
         m.momentum = None  # cumulative moving average over all batches
     model.train()
     for images, _ in track(make_loader(dataset, batch_size), description):
-        model(images)
+        if images.shape[0] > 1:  # train-mode BatchNorm cannot take a single-image batch
+            model(images)
     for m, (momentum, _) in zip(norms, saved):
         m.momentum = momentum
     model.eval()

@@ -1,0 +1,151 @@
+"""Accuracy study: best Mix-and-Match candidate vs global MAG / SNIP / GraSP at matched sparsity.
+
+For each model and seed: train the dense model once on digits, then prune at each common
+global sparsity S (`--sparsity S`: all 30 candidates and the baselines at S), with and
+without BatchNorm re-estimation (eval.json's accuracy / accuracy_raw), before and after a
+short fine-tune of the best candidate and its matched baselines.
+
+    python experiments/accuracy/study.py            # full study (about an hour on 2 quiet cores)
+    python experiments/accuracy/study.py --smoke    # one tiny run to check the script
+
+Results land in experiments/accuracy/results.json (resumable: finished runs are kept)
+and a table in experiments/accuracy/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from mixprune.config import RunConfig
+from mixprune.pruning.stage import run_prune
+from mixprune.runs import atomic_write_bytes, atomic_write_json, package_versions
+
+HERE = Path(__file__).parent
+STUDY = {
+    "resnet18": dict(config=dict(model="resnet18", train_epochs=15), sparsities=(0.9, 0.95)),
+    "vit_tiny": dict(config=dict(model="vit_tiny_patch16_224", model_args={"patch_size": 4}, train_epochs=15),
+                     sparsities=(0.9,)),
+}
+SMOKE = {"test_resnet": dict(config=dict(model="test_resnet", train_epochs=2, img_size=16), sparsities=(0.9,))}
+SEEDS = (0, 1, 2)
+COMMON = dict(data="digits", finetune_epochs=2, finetune_top=1, baselines=("mag", "snip", "grasp"))
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def summarize_run(run: Path) -> dict:
+    """Accuracy of the best Mix-and-Match candidate and of each global baseline at the same S."""
+    dense = read(run / "dense" / "eval.json")["accuracy"]
+    rows = {}
+    for cdir in sorted((run / "candidates").iterdir()):
+        strategy, record = read(cdir / "strategy.json"), read(cdir / "eval.json")
+        rows[cdir.name] = dict(kind=strategy["kind"], signal=strategy["signal"], strategy=strategy["strategy"],
+                               sparsity=strategy["global_sparsity"], raw=record["accuracy_raw"],
+                               recal=record["accuracy"], finetuned=record["accuracy_finetuned"])
+    mixmatch = {cid: r for cid, r in rows.items() if r["kind"] == "mixmatch"}
+    best = max(mixmatch, key=lambda cid: (mixmatch[cid]["recal"], cid))
+    by_method = {r["signal"]: dict(cid=cid, **r) for cid, r in rows.items() if r["kind"] == "baseline"}
+    return dict(dense=dense, best_mixmatch=dict(cid=best, **mixmatch[best]),
+                best_mixmatch_raw=max(r["raw"] for r in mixmatch.values()),
+                baselines=by_method, all_mixmatch={cid: r["recal"] for cid, r in mixmatch.items()})
+
+
+def run_one(model_key: str, setup: dict, seed: int, sparsity: float, work: Path) -> dict:
+    dense_ckpt = work / f"{model_key}-seed{seed}-dense.safetensors"
+    out = work / f"{model_key}-seed{seed}-s{sparsity}"
+    shutil.rmtree(out, ignore_errors=True)
+    flags = dict(COMMON, **setup["config"], seed=seed, sparsity=sparsity, out=str(out))
+    if dense_ckpt.is_file():
+        flags.update(checkpoint=str(dense_ckpt))
+    start = time.perf_counter()
+    summary = run_prune(RunConfig.build(**flags))
+    if not dense_ckpt.is_file():
+        shutil.copy(out / "dense" / "weights.safetensors", dense_ckpt)
+    result = dict(model=model_key, seed=seed, sparsity=sparsity, seconds=round(time.perf_counter() - start, 1),
+                  timings_s=summary["timings_s"], **summarize_run(out))
+    shutil.rmtree(out)  # ~1.5 GB of candidate weights per resnet18 run
+    return result
+
+
+def drop(dense: float, acc: float | None) -> float | None:
+    return None if acc is None else round(100 * (dense - acc), 2)
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    rows = []
+    keys = sorted({(r["model"], r["sparsity"]) for r in results})
+    for model, sparsity in keys:
+        runs = [r for r in results if r["model"] == model and r["sparsity"] == sparsity]
+
+        def mean(values):
+            values = [v for v in values if v is not None]
+            return round(statistics.mean(values), 2) if values else None
+
+        row = dict(model=model, sparsity=sparsity, seeds=len(runs), dense=mean([100 * r["dense"] for r in runs]))
+        for stage in ("raw", "recal", "finetuned"):
+            mm = mean([drop(r["dense"], r["best_mixmatch"][stage]) for r in runs])
+            per = {m: mean([drop(r["dense"], r["baselines"][m][stage]) for r in runs]) for m in ("mag", "snip", "grasp")}
+            best_base = [min((d for d in (drop(r["dense"], r["baselines"][m][stage]) for m in ("mag", "snip", "grasp"))
+                              if d is not None), default=None) for r in runs]
+            row[stage] = dict(mixmatch_drop=mm, baseline_drops=per, best_baseline_drop=mean(best_base),
+                              ratio_vs_best_baseline=(round(mm / mean(best_base), 2)
+                                                      if mm is not None and mean(best_base) not in (None, 0) else None))
+        row["best_strategies"] = sorted({r["best_mixmatch"]["cid"] for r in runs})
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | S | dense % | stage | best MM drop | MAG | SNIP | GraSP | best global | MM / best global |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    names = {"raw": "no BN re-est.", "recal": "BN re-estimated", "finetuned": "+ 2-epoch fine-tune"}
+    for row in rows:
+        for stage, label in names.items():
+            s = row[stage]
+            b = s["baseline_drops"]
+            lines.append(f"| {row['model']} | {row['sparsity']:.0%} | {row['dense']} | {label} | {s['mixmatch_drop']} | "
+                         f"{b['mag']} | {b['snip']} | {b['grasp']} | {s['best_baseline_drop']} | {s['ratio_vs_best_baseline']} |")
+    return "\n".join(lines) + "\n\nDrops are accuracy points below the dense model (mean over seeds); lower is better.\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="one tiny run to check the script")
+    parser.add_argument("--work", default="/tmp/mixprune-accuracy-study", help="scratch folder for run directories")
+    parser.add_argument("--models", default=None, help="comma list of study keys (default: all)")
+    args = parser.parse_args()
+    study, seeds = (SMOKE, (0,)) if args.smoke else (STUDY, SEEDS)
+    if args.models:
+        study = {k: v for k, v in study.items() if k in args.models.split(",")}
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = HERE / ("smoke.json" if args.smoke else "results.json")
+    record = read(out) if out.is_file() else {"runs": []}
+    done = {(r["model"], r["seed"], r["sparsity"]) for r in record["runs"]}
+    for model_key, setup in study.items():
+        for seed in seeds:
+            for sparsity in setup["sparsities"]:
+                if (model_key, seed, sparsity) in done:
+                    continue
+                print(f"== {model_key} seed {seed} S={sparsity}", file=sys.stderr, flush=True)
+                record["runs"].append(run_one(model_key, setup, seed, sparsity, work))
+                record.update(summary=aggregate(record["runs"]), versions=package_versions(),
+                              settings=dict(common=COMMON, study={k: dict(v["config"], sparsities=v["sparsities"])
+                                                                  for k, v in study.items()}))
+                atomic_write_json(out, record)
+                if not args.smoke:
+                    atomic_write_bytes(HERE / "table.md", table(record["summary"]).encode())
+    print(table(record["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
