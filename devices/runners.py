@@ -12,28 +12,26 @@ import time
 from pathlib import Path
 
 from mixprune.errors import BenchmarkError, DeviceError
+from mixprune.registry import Registry
 
 from .fields import Field
 
 AGENT = Path(__file__).resolve().parent / "agent.py"
 
-_REGISTRY: dict[str, type[Runner]] = {}
+RUNNERS: Registry[type[Runner]] = Registry("runner", DeviceError)
 
 
 def register_runner(cls):
     """Class decorator: make a runner available to profiles as ``[runner] kind = cls.kind``."""
-    _REGISTRY[cls.kind] = cls
-    return cls
+    return RUNNERS.register(cls.kind)(cls)
 
 
 def get_runner(kind: str) -> type[Runner]:
-    if kind not in _REGISTRY:
-        raise DeviceError(f"unknown runner '{kind}' (known: {', '.join(list_runners())})")
-    return _REGISTRY[kind]
+    return RUNNERS.get(kind)
 
 
 def list_runners() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(RUNNERS.names())
 
 
 class Runner:

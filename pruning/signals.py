@@ -14,65 +14,40 @@ import torch
 
 from mixprune.errors import DataError
 from mixprune.progress import track
+from mixprune.registry import Registry
 from mixprune.training import make_loader
 
 GRASP_TEMPERATURE = 200.0  # GraSP's softened logits (Wang et al., 2020)
 _FD_STEP = 1e-3  # relative finite-difference step for Hessian-gradient products
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-_SIGNALS: dict[str, ScoreFn] = {}
-_BASELINE_SCORES: dict[str, ScoreFn] = {}
-
-
-def register_signal(name: str):
-    def wrap(fn: ScoreFn) -> ScoreFn:
-        _SIGNALS[name] = fn
-        return fn
-    return wrap
-
-
-def register_baseline(name: str):
-    def wrap(fn: ScoreFn) -> ScoreFn:
-        _BASELINE_SCORES[name] = fn
-        return fn
-    return wrap
-
-
-def list_signals() -> list[str]:
-    return list(_SIGNALS)
-
-
-def get_signal(name: str) -> ScoreFn:
-    return _SIGNALS[name]
-
-
-def get_baseline_score(name: str) -> ScoreFn:
-    return _BASELINE_SCORES[name]
+SIGNALS: Registry[ScoreFn] = Registry("signal")  # ranked within each layer
+BASELINE_SCORES: Registry[ScoreFn] = Registry("baseline")  # ranked across all layers at once
 
 
 # Mix-and-Match signals, ranked within each layer ---------------------------------------
-@register_signal("magnitude")
+@SIGNALS.register("magnitude")
 def magnitude(w, g, hg):
     return w.abs()
 
 
-@register_signal("gradient")
+@SIGNALS.register("gradient")
 def gradient(w, g, hg):
     return g.abs()
 
 
-@register_signal("product")
+@SIGNALS.register("product")
 def product(w, g, hg):
     return (w * g).abs()
 
 
 # Global baselines, ranked across all layers at once --------------------------------------
-register_baseline("mag")(magnitude)
-register_baseline("snip")(product)  # SNIP's connection sensitivity |w * dL/dw|
-register_baseline("uniform")(magnitude)  # same ratio in every layer, magnitude within it
+BASELINE_SCORES.register("mag")(magnitude)
+BASELINE_SCORES.register("snip")(product)  # SNIP's connection sensitivity |w * dL/dw|
+BASELINE_SCORES.register("uniform")(magnitude)  # same ratio in every layer, magnitude within it
 
 
-@register_baseline("grasp")
+@BASELINE_SCORES.register("grasp")
 def grasp(w, g, hg):
     # GraSP removes the weights with the largest -w*Hg (their removal preserves gradient
     # flow best), i.e. keeps the largest w*Hg: with "lowest is pruned" that is w*Hg.

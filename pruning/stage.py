@@ -28,8 +28,8 @@ from . import masks as masklib
 from .finetune import finetune
 from .ranges import RuleTable, get_table, layer_ranges
 from .roles import Layer, discover_layers, prunable_parameters
-from .signals import calibrate, get_baseline_score, get_signal, score_all
-from .strategies import get_strategy, shift_to_sparsity
+from .signals import BASELINE_SCORES, SIGNALS, calibrate, score_all
+from .strategies import STRATEGIES, shift_to_sparsity
 
 GLOBAL_RANGE_METHODS = ("mag", "snip", "grasp")  # Phase 1: the paper's three global baselines
 
@@ -87,7 +87,7 @@ def prepare(config: RunConfig) -> Workspace:
     if not layers:
         raise RunDirError(f"model '{config.model}' has no prunable conv or linear weights")
     for strategy in table.strategies:
-        get_strategy(strategy)
+        STRATEGIES.get(strategy)
     run = RunDir(config.out)
     return Workspace(config=config, run=run, spec=spec, splits=splits, model=model, layers=layers, table=table)
 
@@ -151,7 +151,7 @@ def ranges_stage(ws: Workspace) -> dict:
     dense_weights = {name: p.detach() for name, p in ws.params.items()}
     runs = {}
     for method in GLOBAL_RANGE_METHODS:
-        scores = score_all(get_baseline_score(method), dense_weights, ws.calibration)
+        scores = score_all(BASELINE_SCORES.get(method), dense_weights, ws.calibration)
         for target in ws.config.targets:
             runs[f"{method}@{target:g}"] = masklib.mask_ratios(masklib.global_masks(scores, target))
     ranges = layer_ranges(ws.layers, runs, ws.table)
@@ -168,7 +168,7 @@ def plan_candidates(ws: Workspace, ranges: dict) -> list[CandidatePlan]:
     plans, baseline_targets = [], {}
     for signal in cfg.signals:
         for strategy in ws.table.strategies:
-            sampled = get_strategy(strategy)(ws.layers, ranges)
+            sampled = STRATEGIES.get(strategy)(ws.layers, ranges)
             ratios = sampled if cfg.sparsity is None else shift_to_sparsity(sampled, ws.sizes, cfg.sparsity, frozen)
             sparsity = round(masklib.achieved_sparsity(ratios, ws.sizes), 4)
             matched = [baseline_cid(method, sparsity) for method in cfg.baselines]
@@ -189,7 +189,7 @@ def plan_candidates(ws: Workspace, ranges: dict) -> list[CandidatePlan]:
 def _masks_for(ws: Workspace, plan: CandidatePlan, dense_weights: dict, score_cache: dict) -> dict:
     key = (plan.kind, plan.signal)
     if key not in score_cache:
-        fn = get_signal(plan.signal) if plan.kind == "mixmatch" else get_baseline_score(plan.signal)
+        fn = SIGNALS.get(plan.signal) if plan.kind == "mixmatch" else BASELINE_SCORES.get(plan.signal)
         score_cache[key] = score_all(fn, dense_weights, ws.calibration)
     scores = score_cache[key]
     if plan.global_target is not None:

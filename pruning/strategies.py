@@ -10,30 +10,14 @@ from __future__ import annotations
 from typing import Callable
 
 from mixprune.errors import ConfigError
+from mixprune.registry import Registry
 
 from .masks import achieved_sparsity
 from .roles import Layer
 
 StrategyFn = Callable[[list[Layer], dict], dict[str, float]]
-_STRATEGIES: dict[str, StrategyFn] = {}
+STRATEGIES: Registry[StrategyFn] = Registry("strategy")
 MAX_SHIFTED_RATIO = 0.98  # the authors' cap when shifting to a common global sparsity
-
-
-def register_strategy(name: str):
-    def wrap(fn: StrategyFn) -> StrategyFn:
-        _STRATEGIES[name] = fn
-        return fn
-    return wrap
-
-
-def list_strategies() -> list[str]:
-    return list(_STRATEGIES)
-
-
-def get_strategy(name: str) -> StrategyFn:
-    if name not in _STRATEGIES:
-        raise ConfigError(f"unknown strategy '{name}' in the rule table; known: {', '.join(_STRATEGIES)}")
-    return _STRATEGIES[name]
 
 
 def _at(ranges: dict, name: str, alpha: float) -> float:
@@ -52,14 +36,14 @@ def _max_where(predicate: Callable[[Layer, list[Layer]], bool], rest: float) -> 
     return strategy
 
 
-register_strategy("min")(_percentile(0.0))
-register_strategy("max")(_percentile(1.0))
-register_strategy("balanced")(_percentile(0.5))
+STRATEGIES.register("min")(_percentile(0.0))
+STRATEGIES.register("max")(_percentile(1.0))
+STRATEGIES.register("balanced")(_percentile(0.5))
 for _alpha in (0.3, 0.7, 0.9):
-    register_strategy(f"p{int(_alpha * 100)}")(_percentile(_alpha))
+    STRATEGIES.register(f"p{int(_alpha * 100)}")(_percentile(_alpha))
 
 
-@register_strategy("proportional")
+@STRATEGIES.register("proportional")
 def proportional(layers, ranges):
     """Graduated by size: beta = min(1, 0.1 * params / mean params), big layers pruned harder."""
     mean = sum(layer.params for layer in layers) / len(layers)
@@ -80,14 +64,14 @@ def _first_stage(layer: Layer, layers: list[Layer]) -> bool:
     return layer.position < 0.25
 
 
-register_strategy("classifier_heavy")(_max_where(lambda layer, _: layer.role == "classifier", rest=0.0))
-register_strategy("late_stage")(_max_where(_last_stage, rest=0.5))
-register_strategy("mlp_heavy")(_max_where(lambda layer, _: layer.role == "mlp", rest=0.5))
-register_strategy("attention_aggressive")(
+STRATEGIES.register("classifier_heavy")(_max_where(lambda layer, _: layer.role == "classifier", rest=0.0))
+STRATEGIES.register("late_stage")(_max_where(_last_stage, rest=0.5))
+STRATEGIES.register("mlp_heavy")(_max_where(lambda layer, _: layer.role == "mlp", rest=0.5))
+STRATEGIES.register("attention_aggressive")(
     _max_where(lambda layer, _: layer.role in ("attention_qkv", "attention_proj"), rest=0.5))
 
 
-@register_strategy("early_light")
+@STRATEGIES.register("early_light")
 def early_light(layers, ranges):
     """The stem and the earliest stage at their min (they see raw features), the rest balanced."""
     return {layer.name: _at(ranges, layer.name, 0.0 if _first_stage(layer, layers) else 0.5) for layer in layers}

@@ -8,7 +8,7 @@ from mixprune.errors import ConfigError
 from mixprune.pruning import masks as masklib
 from mixprune.pruning.ranges import get_table, layer_ranges
 from mixprune.pruning.roles import Layer, discover_layers
-from mixprune.pruning.strategies import get_strategy, shift_to_sparsity
+from mixprune.pruning.strategies import STRATEGIES, shift_to_sparsity
 
 FAMILIES = {
     "resnet18": {},
@@ -92,7 +92,7 @@ def test_strategies_stay_in_range_and_differ():
     seen = {}
     for table in ("resnet18", "vit_tiny_patch16_224"):
         for name in get_table(table).strategies:
-            ratios = get_strategy(name)(layers, ranges)
+            ratios = STRATEGIES.get(name)(layers, ranges)
             for layer_name, ratio in ratios.items():
                 assert ranges[layer_name]["min"] - 1e-9 <= ratio <= ranges[layer_name]["max"] + 1e-9
             seen[name] = tuple(round(v, 6) for v in ratios.values())
