@@ -33,10 +33,14 @@ def main():
     """Compress a vision model for an edge device and ship the best variant.
 
     \b
-    Typical flow (each stage reads and writes one run directory):
+    One command for everything (train, prune, export, bench, rank, report, release):
+      mixprune run
+    Or stage by stage (each reads and writes one run directory):
       mixprune prune  --model resnet18 --data digits --out runs/demo
       mixprune export runs/demo
       mixprune bench  runs/demo --device host
+      mixprune rank   runs/demo
+      mixprune release runs/demo && mixprune verify runs/demo/release/*.tar.gz
     """
 
 
@@ -276,6 +280,143 @@ def bench(target, device, runs, warmup, threads, shapes, as_json):
         say(f"Benchmarking {path.name} on {profile.name}: {config['warmup']} warm-up + {config['runs']} runs")
         record = bench_model(path, profile, config)
         click.echo(json.dumps(record, indent=2) if as_json else format_record(record))
+
+
+# --- rank, release, verify, run ---------------------------------------------------------
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--max-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Largest accuracy drop vs the dense model, in points (1.0 = one percentage point).")
+@click.option("--device", "devices", multiple=True, metavar="NAME",
+              help="Rank on this device's bench records (repeatable). Default: every benchmarked device.")
+@click.option("--objective", type=click.Choice(["latency", "size", "memory"]), default="latency", show_default=True,
+              help="What the choice minimizes: p50 latency, compact file size or peak RSS.")
+def rank(run_dir, max_drop, devices, objective):
+    """Rank every candidate of RUN_DIR (matched baselines included) and choose one to ship.
+
+    \b
+    Eligible: accuracy drop <= --max-drop, a verified export, and within each
+    device profile's memory and latency budgets. The choice minimizes --objective on
+    the first real (non-emulated) device; differences within measured noise are ties,
+    broken by higher accuracy, then smaller size. Writes ranking.json (every candidate
+    with `eligible` and the reason), report.html and pareto.png into RUN_DIR.
+    """
+    from .ranking import rank_run
+
+    ranking = rank_run(run_dir, max_drop=max_drop, devices=devices, objective=objective)
+    _print_ranking(ranking, run_dir)
+
+
+def _print_ranking(ranking: dict, run_dir, top: int = 5) -> None:
+    devices = [d["name"] for d in ranking["devices"]]
+    click.echo(f"{'rank':>4}  {'candidate':<32} {'sparsity':>8} {'accuracy':>8} {'drop pt':>7} {'compact MB':>10}"
+               + "".join(f" {d + ' p50 ms':>14}" for d in devices))
+    for r in [r for r in ranking["candidates"] if r["eligible"]][:top]:
+        click.echo(f"{r['rank']:>4}  {r['cid']:<32} {r['global_sparsity']:>8.1%} {r['accuracy']:>8.2%} "
+                   f"{r['drop_points']:>7.2f} {r['bytes']['compact'] / 1e6:>10.2f}"
+                   + "".join(f" {r['devices'][d]['p50_ms']:>14.3f}" for d in devices))
+    excluded = len(ranking["candidates"]) - ranking["eligible_count"]
+    click.echo(f"... {ranking['eligible_count']} eligible, {excluded} excluded (reasons in ranking.json)")
+    click.echo(f"speed: {ranking['speed_note']}")
+    click.echo(f"chosen: {ranking['chosen_why']}")
+    click.echo(f"written: {run_dir}/ranking.json, {run_dir}/report.html, {run_dir}/pareto.png")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--candidate", default="best", show_default=True, metavar="CID|best",
+              help="Candidate id to release; 'best' = the one ranking.json chose (run `mixprune rank` first).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str),
+              help="Bundle path (.tar.gz).  [default: RUN_DIR/release/<model>-<cid>.tar.gz]")
+@click.option("--force", is_flag=True, help="Overwrite an existing bundle.")
+def release(run_dir, candidate, out, force):
+    """Package a candidate as a verifiable, reproducible release bundle (.tar.gz).
+
+    \b
+    The bundle holds model.onnx (in the storage chosen at export), MODEL_CARD.md and
+    manifest.json (sha256 of every other file, model, strategy with per-layer sparsity,
+    accuracy, bench record per device, package versions, input spec, class labels).
+    The same inputs give a byte-identical bundle. Check one with `mixprune verify`.
+    """
+    from .release import release as make_release
+
+    result = make_release(run_dir, candidate, out, force=force)
+    click.echo(f"{result['path']}  ({result['candidate']}, sha256 {result['sha256']})")
+
+
+@main.command()
+@click.argument("bundle", metavar="BUNDLE.tar.gz", type=click.Path(dir_okay=False, path_type=str))
+def verify(bundle):
+    """Check a release bundle: safe entries, every file's sha256, one onnxruntime inference.
+
+    Refuses (exit code 2) modified, missing or extra files, absolute or '..' paths and
+    links, without extracting anything outside a temporary folder. Needs only numpy and
+    onnxruntime.
+    """
+    from .release import verify as check
+
+    result = check(bundle)
+    click.echo(f"OK {bundle}: {len(result['files'])} files match the manifest; model.onnx ran in onnxruntime "
+               f"{result['onnxruntime']} (output {result['output_shape']}); sha256 {result['sha256']}")
+
+
+@main.command()
+@click.option("--model", help="timm model name.  [default: resnet18]")
+@click.option("--data", help="'digits' (built in) or a folder with train/ and val/ class folders.  [default: digits]")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Trained weights; without it the dense model is trained first.")
+@click.option("--devices", help="Comma list of device profiles to benchmark on, e.g. host,rpi4.  [default: host]")
+@click.option("--max-drop", type=float, help="Largest accuracy drop vs dense, in points.  [default: 1.0]")
+@click.option("--objective", type=click.Choice(["latency", "size", "memory"]), default=None,
+              help="What the choice minimizes.  [default: latency]")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory.  [default: runs/<model>-<data>]")
+@click.option("--img-size", type=int, help="Input image size.  [default: 16]")
+@click.option("--train-epochs", type=int, help="Dense training epochs (without --checkpoint).  [default: 4]")
+@click.option("--signals", help="Comma list of magnitude,gradient,product.  [default: all three]")
+@click.option("--sparsity", type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")
+@click.option("--finetune-epochs", type=int, help="Fine-tune epochs.  [default: 1]")
+@click.option("--finetune-top", type=int, help="Fine-tune the best K candidates and their matched baselines.  [default: 1]")
+@click.option("--export-top", type=int, help="Export and bench the K best candidates within --max-drop.  [default: 6]")
+@click.option("--storage", type=click.Choice(["dense", "sparse"]), default=None,
+              help="What model.onnx (and the bundle) holds.  [default: dense]")
+@click.option("--bench-runs", type=int, help="Timed runs per model [default: the device profile's].")
+@click.option("--seed", type=int, help="Random seed.  [default: 0]")
+@click.option("--mode", type=click.Choice(["unstructured", "structured", "both"]), default=None,
+              help="Pruning mode (only unstructured exists today).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Where stages run (only local today).")
+@click.option("--quick", is_flag=True, default=None, help="Tiny configuration for tests (test_resnet, 1 epoch, one signal).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file holding any of these options (flags win).")
+@click.option("--resume", is_flag=True, help="Continue a killed run in --out without redoing finished work.")
+@click.option("--force", is_flag=True, help="Delete an existing run in --out and start over.")
+@click.pass_context
+def run(ctx, config_file, resume, force, **flags):
+    """Everything in one command: train, prune, export, bench, rank, report, release.
+
+    \b
+    With no arguments: resnet18 trained on the built-in digits data, pruned into
+    Mix-and-Match candidates and matched global baselines, the best ones within
+    --max-drop exported and measured on this machine (`host`), ranked, reported
+    (report.html) and packaged (release/*.tar.gz) in runs/resnet18-digits.
+    Prints where everything is and which candidate was chosen and why.
+    """
+    from .config import RunConfig, resolve_resume, run_presets
+    from .pipeline import default_out, run_pipeline
+
+    if resume and force:
+        raise click.UsageError("--resume and --force contradict each other; give one")
+    explicit = _explicit(ctx, **flags)
+    presets = run_presets(config_file, explicit)
+    if not explicit.get("out"):
+        draft = RunConfig.build(config_file, presets, **explicit)
+        explicit["out"] = draft.out or default_out(draft)
+    config = resolve_resume(config_file, explicit, presets) if resume else RunConfig.build(config_file, presets, **explicit)
+    result = run_pipeline(config, resume=resume, force=force)
+    ranking, bundle = result["ranking"], result["bundle"]
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in result["timings_s"].items() if "." not in k)
+    click.echo(f"run directory: {result['out']}  ({timings})")
+    click.echo(f"report:        {result['out'] / 'report.html'}  (ranking.json, pareto.png beside it)")
+    click.echo(f"bundle:        {bundle['path']}  (sha256 {bundle['sha256'][:16]}...; check with `mixprune verify`)")
+    click.echo(f"chosen:        {ranking['chosen_why']}")
+    click.echo(f"speed:         {ranking['speed_note']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

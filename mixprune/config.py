@@ -15,6 +15,8 @@ else:  # pragma: no cover
 
 SIGNALS = ("magnitude", "gradient", "product")
 BASELINES = ("mag", "snip", "grasp", "uniform")
+OBJECTIVES = ("latency", "size", "memory")
+STORAGES = ("dense", "sparse")
 
 
 @dataclasses.dataclass
@@ -49,6 +51,12 @@ class RunConfig:
     out: str | None = None
     devices: tuple = ("host",)
     max_drop: float = 1.0
+    objective: str = "latency"
+    storage: str = "dense"
+    export_top: int = 6  # `mixprune run`: export and bench the K best candidates within --max-drop
+    bench_runs: int | None = None  # None: the device profile's
+    bench_warmup: int | None = None
+    quick: bool = False
     mode: str = "unstructured"
     executor: str = "local"
 
@@ -79,6 +87,17 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         if self.batch_size < 1 or self.img_size < 8:
             raise ConfigError("--batch-size must be >= 1 and --img-size >= 8")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
+        if self.storage not in STORAGES:
+            raise ConfigError(f"--storage must be one of {', '.join(STORAGES)}, got '{self.storage}'")
+        if self.max_drop < 0:
+            raise ConfigError(f"--max-drop must be >= 0 accuracy points, got {self.max_drop}")
+        if not self.devices:
+            raise ConfigError("--devices needs at least one device profile, e.g. host")
+        if self.export_top < 1 or (self.bench_runs is not None and self.bench_runs < 1) or \
+                (self.bench_warmup is not None and self.bench_warmup < 0):
+            raise ConfigError("--export-top and --bench-runs must be >= 1, --bench-warmup >= 0")
         if self.mode != "unstructured":
             raise ConfigError(f"--mode {self.mode} is not available yet; use unstructured")
         if self.executor != "local":
@@ -92,9 +111,12 @@ class RunConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def build(cls, toml_file: str | None = None, **flags) -> "RunConfig":
-        """Defaults, then the TOML file, then explicitly given flags."""
-        values = load_toml(toml_file) if toml_file else {}
+    def build(cls, toml_file: str | None = None, presets: tuple = (), **flags) -> "RunConfig":
+        """Defaults, then ``presets`` (dicts, in order), then the TOML file, then explicitly given flags."""
+        values = {}
+        for preset in presets:
+            values.update(preset)
+        values.update(load_toml(toml_file) if toml_file else {})
         values.update({k: v for k, v in flags.items() if v is not None})
         tuple_fields = {f.name for f in dataclasses.fields(cls) if f.type == "tuple"}
         for key in tuple_fields & set(values):
@@ -129,7 +151,25 @@ def load_toml(path: str) -> dict:
     return values
 
 
-def resolve_resume(toml_file: str | None, explicit: dict) -> RunConfig:
+# `mixprune run` starts from these instead of the prune defaults: the whole default run
+# (resnet18 on digits, host) fits in about 5 minutes on a 2-core machine
+# (experiments/pipeline/README.md has the measured stage times).
+RUN_DEFAULTS = {"img_size": 16, "train_epochs": 4, "finetune_epochs": 1, "finetune_top": 1, "recal_samples": 512}
+# `mixprune run --quick`: a tiny configuration for tests and smoke checks (about a minute).
+QUICK_DEFAULTS = {"model": "test_resnet", "img_size": 16, "train_epochs": 1, "signals": ("magnitude",),
+                  "baselines": ("mag",), "finetune_epochs": 1, "finetune_top": 1, "recal_samples": 256,
+                  "export_top": 3, "bench_runs": 20, "bench_warmup": 3}
+
+
+def run_presets(toml_file: str | None, explicit: dict) -> tuple:
+    """The presets of `mixprune run`: RUN_DEFAULTS, plus QUICK_DEFAULTS with --quick (flag or TOML)."""
+    quick = explicit.get("quick")
+    if quick is None and toml_file:
+        quick = load_toml(toml_file).get("quick")
+    return (RUN_DEFAULTS, QUICK_DEFAULTS) if quick else (RUN_DEFAULTS,)
+
+
+def resolve_resume(toml_file: str | None, explicit: dict, presets: tuple = ()) -> RunConfig:
     """The configuration of the run being resumed; flags that contradict it are refused."""
     from .runs import RunDir
 
@@ -138,7 +178,7 @@ def resolve_resume(toml_file: str | None, explicit: dict) -> RunConfig:
         raise ConfigError("--resume needs --out: the run directory to continue")
     run = RunDir(out)
     if not run.exists():
-        return RunConfig.build(toml_file, **explicit)
+        return RunConfig.build(toml_file, presets, **explicit)
     stored = run.load().get("config", {})
     requested = RunConfig.build(toml_file, **explicit).to_dict() if (explicit or toml_file) else {}
     given = set(explicit) | (set(load_toml(toml_file)) if toml_file else set())

@@ -1,0 +1,112 @@
+"""`mixprune run`: prune -> export -> bench on every device -> rank + report -> release.
+
+Every stage writes the run directory and marks itself done in run.json, so ``--resume``
+continues a killed run: the prune stage resumes candidate by candidate, exports whose
+weights did not change are reused, a device whose benchmark finished is not measured again
+(an unfinished one is measured again in full: latencies are compared only within one
+benchmark run), and ranking and release are cheap and deterministic.
+
+To fit the time budget, `run` exports and benchmarks only the ``export_top`` best
+candidates that pass the accuracy constraint (``max_drop``); the others stay in the
+ranking with their reason. "Best" uses what is known before export: accuracy for the
+latency and memory objectives (unstructured candidates all run at the dense model's speed
+on onnxruntime's CPU provider, so accuracy decides among them), global sparsity for the
+size objective. `mixprune export` / `bench` on the directory still do every candidate.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import ConfigError
+from .progress import say
+from .ranking import accuracy_of, rank_run
+from .runs import RunDir, read_json
+
+
+def default_out(config: RunConfig) -> str:
+    data = Path(config.data).name if config.data != "digits" else "digits"
+    return str(Path("runs") / f"{config.model}-{data}")
+
+
+def prepare_out(root: Path, resume: bool, force: bool) -> None:
+    """Refuse an existing output folder unless resuming it or told to start over."""
+    if not root.exists() or not any(root.iterdir()):
+        return
+    is_run = RunDir(root).exists()
+    if resume and is_run:
+        return
+    if force and is_run:
+        shutil.rmtree(root)
+        return
+    if not is_run:
+        raise ConfigError(f"{root} exists and is not a mixprune run directory; choose another --out")
+    raise ConfigError(f"{root} already holds a run; pass --resume to continue it, --force to start over, "
+                      f"or choose another --out")
+
+
+def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[str, str]]:
+    """The candidates `run` exports, and a note for each one within --max-drop it leaves out."""
+    dense = read_json(run.dense_dir / "eval.json")["accuracy"]
+    passing = []
+    for cid in run.candidate_ids():
+        accuracy, _ = accuracy_of(read_json(run.candidate_dir(cid) / "eval.json"))
+        sparsity = read_json(run.candidate_dir(cid) / "strategy.json")["global_sparsity"]
+        if (dense - accuracy) * 100 <= config.max_drop + 1e-9:
+            passing.append((cid, accuracy, sparsity))
+    if config.objective == "size":
+        passing.sort(key=lambda c: (-c[2], -c[1], c[0]))
+        proxy = "global sparsity"
+    else:
+        passing.sort(key=lambda c: (-c[1], c[0]))
+        proxy = "accuracy"
+    chosen = [c[0] for c in passing[: config.export_top]]
+    note = (f"not exported by `mixprune run` (it exports the {config.export_top} best by {proxy} within --max-drop, "
+            f"--export-top); run `mixprune export {run.root} --candidate CID`, bench, then `mixprune rank`")
+    return chosen, {c[0]: note.replace("CID", c[0]) for c in passing[config.export_top:]}
+
+
+def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -> dict:
+    """Every stage; returns {ranking, bundle, timings_s, out}."""
+    from .benchmarks.bench import agent_config, bench_run_dir
+    from .devices.profiles import load_profile
+    from .exporter.stage import ExportOptions, export_run
+    from .pruning.stage import run_prune
+    from .release import release
+
+    root = Path(config.out)
+    profiles = [load_profile(name) for name in config.devices]  # bad device names fail before any work
+    prepare_out(root, resume, force)
+    run = RunDir(root)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    if run.stage_status("prune") == "done":
+        say("prune: done before, kept")
+    else:
+        summary = timed("prune", run_prune, config, resume=run.exists())
+        timings.update({f"prune.{k}": v for k, v in summary["timings_s"].items()})
+    selected, notes = select_for_export(run, config)
+    say(f"exporting the dense model and {len(selected)} candidate(s) within {config.max_drop:g} points of it")
+    timed("export", export_run, root, ["dense", *selected], ExportOptions(storage=config.storage))
+    for profile in profiles:
+        stage = f"bench:{profile.name}"
+        if run.stage_status(stage) == "done" and resume:
+            say(f"bench on {profile.name}: done before, kept")
+            continue
+        bench_config = agent_config(profile, runs=config.bench_runs, warmup=config.bench_warmup)
+        timed(stage, bench_run_dir, root, profile, bench_config)
+        run.set_stage(stage, "done")
+    ranking = timed("rank", rank_run, root, max_drop=config.max_drop, devices=config.devices,
+                    objective=config.objective, export_notes=notes)
+    bundle = timed("release", release, root, "best", force=True)
+    run.set_stage("run", "done", timings_s=timings, chosen=ranking["chosen"], bundle=str(bundle["path"]))
+    return {"ranking": ranking, "bundle": bundle, "timings_s": timings, "out": root}

@@ -1,0 +1,364 @@
+"""Ranking: which candidate to ship, from the records of a run directory.
+
+Reads only JSON records (run.json, eval.json, strategy.json, export.json, bench/<device>.json),
+never stage code, and imports neither torch nor onnx.
+
+Constraints (a candidate is *eligible* when it meets all of them):
+
+- accuracy drop vs the dense model at most ``max_drop`` points (the fine-tuned accuracy
+  when the candidate was fine-tuned, else the accuracy after normalization re-estimation);
+- a verified export (zeros kept, onnxruntime agrees with torch);
+- on every ranked device: a bench record, within the profile's memory and latency budgets.
+
+Choice rule (``chosen``), stable across re-runs:
+
+1. Objective value on the *choice device*, the first real (non-emulated) ranked device:
+   ``latency`` = p50 ms, ``memory`` = peak RSS MB, ``size`` = bytes of the most compact
+   lossless storage (export.json ``bytes.compact``).
+2. Values within the measured noise of the best one are ties. Latency band:
+   max(p90 - p50 of the best record, 5% of its p50) (the harness study measured 2-5%
+   spreads between paired runs of one model on a quiet core; p90 - p50 widens the band on a
+   loaded machine). Memory band: max(1 MB, 2%). Size: exact bytes.
+   When every compared model is unstructured and the device runs onnxruntime's CPU
+   provider, latency and memory are ties *by construction* (no sparse kernels: the same
+   dense kernels run whatever the zeros), and so are emulated timings, which say that a
+   model runs, not how fast.
+3. Ties go to the higher accuracy, then the smaller compact size, then the candidate id.
+
+Emulated and real timings never meet: each device is ranked on its own records, and the
+choice is made on a real device whenever one is ranked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+
+from .errors import MixpruneError, RunDirError
+from .runs import RunDir, atomic_write_json, read_json
+
+FORMAT_VERSION = 1
+OBJECTIVES = ("latency", "size", "memory")
+RANKING_FILE = "ranking.json"
+LATENCY_NOISE_FLOOR = 0.05  # relative
+MEMORY_NOISE_MB, MEMORY_NOISE_FLOOR = 1.0, 0.02
+CPU_PROVIDER = "CPUExecutionProvider"
+RULE = ("eligible = accuracy drop <= max_drop points, verified export, within every device's memory and "
+        "latency budgets; chosen = the best objective value on the choice device (first real device), values "
+        "within measured noise tied, ties broken by higher accuracy, then smaller compact size, then id")
+
+
+class NoEligibleCandidate(MixpruneError):
+    """Every candidate fails a constraint (ranking.json still lists why)."""
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def close_ids(cid: str, ids) -> str:
+    """' (did you mean a, b?)' or ' (available: ...)' for an unknown candidate id."""
+    ids = list(ids)
+    close = difflib.get_close_matches(cid, ids, n=4, cutoff=0.5)
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    return f"; {len(ids)} candidates exist, e.g. {', '.join(ids[:4])}" if ids else ""
+
+
+# --- reading the run directory ------------------------------------------------------------
+def _optional(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def load_run(run_dir) -> dict:
+    """Every record ranking needs, with a clear error naming the stage that is missing."""
+    run = RunDir(run_dir)
+    info = run.require()
+    prune = info.get("stages", {}).get("prune", {}).get("status")
+    if prune != "done":
+        raise RunDirError(f"the prune stage of {run.root} has not finished; continue it with "
+                          f"`mixprune prune --out {run.root} --resume`")
+    dense = read_json(run.dense_dir / "eval.json", stage_hint="prune")
+    models = {}
+    for cid in run.candidate_ids():
+        folder = run.candidate_dir(cid)
+        models[cid] = {
+            "strategy": read_json(folder / "strategy.json", stage_hint="prune"),
+            "eval": read_json(folder / "eval.json", stage_hint="prune"),
+            "export": _optional(folder / "export.json"),
+            "bench": {p.stem: read_json(p) for p in sorted((folder / "bench").glob("*.json"))},
+        }
+    if not models:
+        raise RunDirError(f"{run.root} has no finished candidate; run `mixprune prune --out {run.root}`")
+    return {"root": run.root, "run": info, "dense": {
+        "eval": dense, "export": _optional(run.dense_dir / "export.json"),
+        "bench": {p.stem: read_json(p) for p in sorted((run.dense_dir / "bench").glob("*.json"))}},
+        "models": models}
+
+
+def benched_devices(records: dict) -> list[str]:
+    """Devices with at least one bench record, in the run's configured order, then by name."""
+    found = {d for m in [records["dense"], *records["models"].values()] for d in m["bench"]}
+    configured = [d for d in records["run"].get("config", {}).get("devices", []) if d in found]
+    return configured + sorted(found - set(configured))
+
+
+def _check_stages(records: dict, devices: list[str]) -> None:
+    root = records["root"]
+    if not any(m["export"] for m in records["models"].values()):
+        raise RunDirError(f"no candidate of {root} is exported; run `mixprune export {root}` first")
+    found = benched_devices(records)
+    if not found:
+        raise RunDirError(f"no candidate of {root} is benchmarked; run `mixprune bench {root} --device host` first")
+    missing = [d for d in devices if d not in found]
+    if missing:
+        raise RunDirError(f"no bench records for device {missing[0]} in {root} (benchmarked: {', '.join(found)}); "
+                          f"run `mixprune bench {root} --device {missing[0]}` first")
+
+
+# --- metrics and constraints --------------------------------------------------------------
+def accuracy_of(eval_record: dict) -> tuple[float, str]:
+    """The accuracy a candidate ships with, and which measurement it is."""
+    if eval_record.get("accuracy_finetuned") is not None:
+        return eval_record["accuracy_finetuned"], "finetuned"
+    return eval_record["accuracy"], "pruned" + (" + BN re-estimated" if eval_record.get("recalibrated") else "")
+
+
+def _device_metrics(bench: dict | None) -> dict | None:
+    if bench is None:
+        return None
+    lat = bench["latency_ms"]
+    return {"p50_ms": lat["p50"], "p90_ms": lat["p90"], "peak_rss_mb": bench["peak_rss_mb"],
+            "model_bytes": bench["model_bytes"], "emulated": bool(bench["emulated"]),
+            "cpu_only": list(bench.get("execution_providers") or [CPU_PROVIDER]) == [CPU_PROVIDER],
+            "over_memory_budget": bool(bench.get("over_budget")),
+            "over_latency_budget": bool(bench.get("over_latency_budget")),
+            "memory_budget_mb": bench.get("memory_budget_mb"), "latency_budget_ms": bench.get("latency_budget_ms")}
+
+
+def _device_reasons(device: str, m: dict | None, root: Path, cid: str) -> list[str]:
+    if m is None:
+        return [f"no bench record on {device} (run `mixprune bench {root} --device {device}`)"]
+    reasons = []
+    if m["over_memory_budget"]:
+        reasons.append(f"{device}: peak RSS {m['peak_rss_mb']:.1f} MB > memory budget {m['memory_budget_mb']:g} MB")
+    if m["over_latency_budget"]:
+        reasons.append(f"{device}: p50 {m['p50_ms']:.3f} ms > latency budget {m['latency_budget_ms']:g} ms")
+    return reasons
+
+
+def candidate_row(cid: str, rec: dict, dense_accuracy: float, max_drop: float, devices: list[str],
+                  root: Path, export_note: str | None) -> dict:
+    strategy, export = rec["strategy"], rec["export"]
+    accuracy, source = accuracy_of(rec["eval"])
+    drop = (dense_accuracy - accuracy) * 100
+    reasons = []
+    if drop > max_drop + 1e-9:
+        reasons.append(f"accuracy drop {drop:.2f} > {max_drop:g} points")
+    if export is None:
+        reasons.append(export_note or f"not exported (run `mixprune export {root} --candidate {cid}`)")
+    elif not export.get("verified"):
+        reasons.append("export not verified (zeros lost or onnxruntime disagrees with torch; see export.json)")
+    per_device = {}
+    for device in devices:
+        metrics = _device_metrics(rec["bench"].get(device))
+        own = _device_reasons(device, metrics, root, cid) if export is not None else []
+        per_device[device] = {**(metrics or {}), "benched": metrics is not None,
+                              "eligible": not reasons and not own, "reasons": own}
+        reasons.extend(own)
+    row = {
+        "cid": cid, "kind": strategy["kind"], "signal": strategy["signal"], "strategy": strategy["strategy"],
+        "mode": strategy.get("mode", "unstructured"),
+        "global_sparsity": strategy["global_sparsity"], "baselines": strategy.get("baselines", []),
+        "accuracy": accuracy, "accuracy_source": source, "drop_points": round(drop, 4),
+        "bytes": (export or {}).get("bytes"), "storage": (export or {}).get("storage"),
+        "verified": bool(export and export.get("verified")),
+        "devices": per_device, "eligible": not reasons,
+        "reason": "; ".join(reasons) if reasons else None, "reasons": reasons,
+    }
+    return row
+
+
+# --- noise bands, choice and Pareto front ---------------------------------------------
+def device_bands(device: str, rows: list[dict]) -> dict:
+    """Tie bands for latency and memory on ``device`` from its records (see the module docstring)."""
+    ms = [r["devices"][device] for r in rows if r["devices"][device]["benched"]]
+    if not ms:
+        return {"latency_ms": 0.0, "memory_mb": 0.0, "same_speed": False, "emulated": False}
+    emulated = any(m["emulated"] for m in ms)
+    same_speed = all(r["mode"] == "unstructured" for r in rows) and all(m["cpu_only"] for m in ms)
+    best = min(ms, key=lambda m: m["p50_ms"])
+    tied_by_construction = same_speed or emulated
+    return {
+        "latency_ms": math.inf if tied_by_construction else max(best["p90_ms"] - best["p50_ms"],
+                                                                 LATENCY_NOISE_FLOOR * best["p50_ms"]),
+        "memory_mb": math.inf if tied_by_construction else max(MEMORY_NOISE_MB,
+                                                               MEMORY_NOISE_FLOOR * min(m["peak_rss_mb"] for m in ms)),
+        "same_speed": same_speed, "emulated": emulated,
+    }
+
+
+def _objective_value(row: dict, objective: str, device: str) -> float:
+    if objective == "size":
+        return row["bytes"]["compact"]
+    m = row["devices"][device]
+    return m["p50_ms"] if objective == "latency" else m["peak_rss_mb"]
+
+
+def _band(objective: str, bands: dict) -> float:
+    return {"latency": bands["latency_ms"], "memory": bands["memory_mb"], "size": 0.0}[objective]
+
+
+def choice_order(rows: list[dict], objective: str, device: str, bands: dict) -> tuple[list[dict], int]:
+    """Eligible rows, best first, and how many tie with the best (values within its band)."""
+    if not rows:
+        return [], 0
+    best = min(_objective_value(r, objective, device) for r in rows)
+    band = _band(objective, bands)
+    tied = {r["cid"] for r in rows if _objective_value(r, objective, device) - best <= band}
+
+    def key(r):
+        value = best if r["cid"] in tied else _objective_value(r, objective, device)
+        return (value, -r["accuracy"], r["bytes"]["compact"], r["cid"])
+
+    return sorted(rows, key=key), len(tied)
+
+
+def pareto_front(rows: list[dict], device: str, bands: dict) -> list[str]:
+    """Candidates no other dominates on (accuracy up; p50, peak RSS, compact bytes down).
+
+    Latency and memory count as better or worse only beyond their noise band.
+    """
+    def metrics(r):
+        m = r["devices"][device]
+        return r["accuracy"], m["p50_ms"], m["peak_rss_mb"], r["bytes"]["compact"]
+
+    def dominates(a, b):
+        (acc_a, lat_a, rss_a, b_a), (acc_b, lat_b, rss_b, b_b) = metrics(a), metrics(b)
+        lat, rss = bands["latency_ms"], bands["memory_mb"]
+        no_worse = acc_a >= acc_b and b_a <= b_b and lat_a <= lat_b + lat and rss_a <= rss_b + rss
+        better = acc_a > acc_b or b_a < b_b or lat_a < lat_b - lat or rss_a < rss_b - rss
+        return no_worse and better
+
+    return sorted(r["cid"] for r in rows if not any(dominates(o, r) for o in rows if o is not r))
+
+
+def speed_note(device: str, rows: list[dict], bands: dict) -> str:
+    ms = [r["devices"][device] for r in rows if r["devices"][device]["benched"]]
+    if not ms:
+        return f"{device}: no candidate was measured"
+    p50 = [m["p50_ms"] for m in ms]
+    spread = f"p50 {min(p50):.3f}-{max(p50):.3f} ms"
+    if bands["emulated"]:
+        return (f"{device} is emulated: its timings ({spread}) say that the models run on aarch64 onnxruntime, "
+                f"not how fast a real board is; they are never used to rank against real timings")
+    if bands["same_speed"]:
+        sizes = [r["bytes"]["compact"] for r in rows if r["bytes"]]
+        size = f"; compact size {min(sizes) / 1e6:.2f}-{max(sizes) / 1e6:.2f} MB" if sizes else ""
+        return (f"{device}: candidates differ only in accuracy and file size, not in speed or memory: "
+                f"unstructured sparsity on onnxruntime's CPU provider runs the same dense kernels "
+                f"(measured {spread}, spread is noise{size}); none of them is faster than the dense model")
+    return f"{device}: latency ties within {bands['latency_ms']:.3f} ms of the fastest ({spread})"
+
+
+def _no_choice_message(rows: list[dict], max_drop: float) -> str:
+    best = sorted(rows, key=lambda r: (-r["accuracy"], r["cid"]))[:3]
+    excluded = "; ".join(f"{r['cid']}: {r['reasons'][0]}" for r in best)
+    hint = (f"raise --max-drop to at least {best[0]['drop_points']:.2f}" if best[0]["drop_points"] > max_drop
+            else "relax the device budgets, or export and bench these candidates")
+    return f"no eligible candidate; the most accurate are excluded by: {excluded}; {hint}"
+
+
+def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "latency",
+         export_notes: dict | None = None) -> dict:
+    """The ranking of every candidate (``ranking.json``'s content)."""
+    if objective not in OBJECTIVES:
+        raise MixpruneError(f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
+    devices = list(dict.fromkeys(devices)) or benched_devices(records)
+    _check_stages(records, devices)
+    root = records["root"]
+    dense_accuracy = records["dense"]["eval"]["accuracy"]
+    rows = [candidate_row(cid, rec, dense_accuracy, max_drop, devices, root, (export_notes or {}).get(cid))
+            for cid, rec in records["models"].items()]
+    for device in devices:
+        emulated = {m["emulated"] for r in rows if (m := r["devices"][device])["benched"]}
+        if len(emulated) > 1:
+            raise RunDirError(f"bench records for {device} in {root} mix emulated and real timings; "
+                              f"re-run `mixprune bench {root} --device {device}`")
+    device_info, fronts = [], {}
+    for device in devices:
+        bands = device_bands(device, rows)
+        on_device = [r for r in rows if r["devices"][device]["eligible"]]
+        fronts[device] = pareto_front(on_device, device, bands)
+        device_info.append({"name": device, "emulated": bands["emulated"], "same_speed": bands["same_speed"],
+                            "latency_band_ms": None if math.isinf(bands["latency_ms"]) else bands["latency_ms"],
+                            "memory_band_mb": None if math.isinf(bands["memory_mb"]) else bands["memory_mb"],
+                            "speed_note": speed_note(device, rows, bands), "_bands": bands})
+    real = [d for d in device_info if not d["emulated"]]
+    choice_device = (real or device_info)[0]
+    eligible = [r for r in rows if r["eligible"]]
+    ordered, tied = choice_order(eligible, objective, choice_device["name"], choice_device.pop("_bands"))
+    for d in device_info:
+        d.pop("_bands", None)
+        d["pareto"] = fronts[d["name"]]
+    order = {r["cid"]: i for i, r in enumerate(ordered)}
+    for r in rows:
+        r["rank"] = order[r["cid"]] + 1 if r["cid"] in order else None
+        r["pareto"] = [d for d in devices if r["cid"] in fronts[d]]
+    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, -r["accuracy"], r["cid"]))
+    chosen = ordered[0] if ordered else None
+    return {
+        "format": FORMAT_VERSION,
+        "model": records["run"].get("model", {}).get("name"),
+        "objective": objective, "max_drop": max_drop, "rule": RULE,
+        "dense": {"accuracy": dense_accuracy, "bytes": (records["dense"]["export"] or {}).get("bytes"),
+                  "devices": {d: _device_metrics(records["dense"]["bench"].get(d)) for d in devices}},
+        "devices": device_info, "choice_device": choice_device["name"],
+        "chosen": chosen["cid"] if chosen else None,
+        "chosen_why": _why(chosen, len(ordered), tied, objective, choice_device, dense_accuracy) if chosen else
+        _no_choice_message(rows, max_drop),
+        "speed_note": " | ".join(d["speed_note"] for d in device_info),
+        "pareto": fronts[choice_device["name"]],
+        "eligible_count": len(eligible),
+        "candidates": rows,
+    }
+
+
+OBJECTIVE_LABELS = {"latency": "p50 latency", "memory": "peak RSS", "size": "compact size"}
+
+
+def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, dense_accuracy: float) -> str:
+    m = chosen["devices"][device["name"]]
+    label = OBJECTIVE_LABELS[objective]
+    if objective != "size" and (device["same_speed"] or device["emulated"]):
+        cause = "emulated timings" if device["emulated"] else "unstructured sparsity on the CPU provider"
+        ties = f"all {eligible} eligible candidates tie on {label} on {device['name']} ({cause})"
+    elif tied > 1:
+        ties = f"{tied} of {eligible} eligible candidates tie for the best {label} on {device['name']} within measured noise"
+    else:
+        ties = f"best {label} on {device['name']} of {eligible} eligible candidates"
+    among = "; among them it has the highest accuracy, then the smallest size" if tied > 1 else ""
+    return (f"{chosen['cid']}: {ties}{among}: accuracy {chosen['accuracy']:.4f} (dense {dense_accuracy:.4f}, "
+            f"drop {chosen['drop_points']:.2f} points), {_pct(chosen['global_sparsity'])} sparsity, "
+            f"compact {chosen['bytes']['compact'] / 1e6:.2f} MB, p50 {m['p50_ms']:.3f} ms, "
+            f"peak RSS {m['peak_rss_mb']:.1f} MB")
+
+
+def rank_run(run_dir, *, max_drop: float = 1.0, devices=(), objective: str = "latency",
+             export_notes: dict | None = None, report: bool = True) -> dict:
+    """Rank a run directory, write ranking.json (and report.html + pareto.png); return the ranking.
+
+    Raises NoEligibleCandidate after writing them when no candidate meets every constraint.
+    """
+    records = load_run(run_dir)
+    ranking = rank(records, max_drop=max_drop, devices=devices, objective=objective, export_notes=export_notes)
+    root = Path(run_dir)
+    if report:
+        from .report import write_report
+
+        write_report(root, ranking, records)
+    atomic_write_json(root / RANKING_FILE, ranking)
+    if ranking["chosen"] is None:
+        raise NoEligibleCandidate(ranking["chosen_why"] + f" (every reason is in {root / RANKING_FILE})")
+    return ranking

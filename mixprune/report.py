@@ -1,0 +1,284 @@
+"""The run's report: ``report.html`` (one self-contained file) and ``pareto.png``.
+
+Built from the ranking and the run's records only (matplotlib, no torch). Figures:
+accuracy vs global sparsity of every candidate and its matched global baselines (the
+paper's comparison), accuracy vs p50 latency and vs compact size per device, and the
+per-layer sparsity of the chosen candidate. ``pareto.png`` holds all panels in one image;
+the HTML embeds them one by one as PNG data.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from .runs import atomic_write_bytes
+
+MARKERS = {"magnitude": "o", "gradient": "s", "product": "^", "mag": "x", "snip": "+", "grasp": "1", "uniform": "2"}
+CHOSEN = dict(s=260, facecolors="none", edgecolors="#d62728", linewidths=2.2, zorder=5)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(row: dict) -> str:
+    return f"Mix-and-Match {row['signal']}" if row["kind"] == "mixmatch" else f"global {row['signal'].upper()} baseline"
+
+
+def _scatter_groups(ax, rows, x, y):
+    """One series per signal / baseline method; ineligible candidates hollow and faded."""
+    groups = {}
+    for r in rows:
+        if x(r) is not None and y(r) is not None:
+            groups.setdefault((r["kind"], r["signal"]), []).append(r)
+    for (kind, signal), members in sorted(groups.items()):
+        color = None
+        for eligible in (True, False):
+            part = [r for r in members if r["eligible"] == eligible]
+            if not part:
+                continue
+            points = ax.scatter([x(r) for r in part], [y(r) for r in part], marker=MARKERS.get(signal, "o"),
+                                alpha=0.9 if eligible else 0.3, color=color,
+                                label=_label(part[0]) if eligible or color is None else None)
+            color = points.get_facecolor()[0] if kind == "mixmatch" else points.get_edgecolor()[0]
+
+
+def _finish(ax, ranking, rows, x, y, xlabel, title):
+    chosen = next((r for r in rows if r["cid"] == ranking["chosen"]), None)
+    if chosen is not None and x(chosen) is not None:
+        ax.scatter([x(chosen)], [y(chosen)], label=f"chosen: {chosen['cid']}", **CHOSEN)
+    dense = ranking["dense"]["accuracy"] * 100
+    ax.axhline(dense, color="black", lw=0.8, ls="--", label=f"dense {dense:.1f}%")
+    ax.axhline(dense - ranking["max_drop"], color="grey", lw=0.8, ls=":", label=f"max drop {ranking['max_drop']:g} pt")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    accs = [r["accuracy"] * 100 for r in rows if x(r) is not None]
+    low = min([a for a in accs if a >= dense - 15] + [dense - ranking["max_drop"] - 2])
+    ax.set_ylim(low - 1, max(accs + [dense]) + 3)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def plot_sparsity(ax, ranking):
+    rows = ranking["candidates"]
+    _scatter_groups(ax, rows, lambda r: r["global_sparsity"] * 100, lambda r: r["accuracy"] * 100)
+    _finish(ax, ranking, rows, lambda r: r["global_sparsity"] * 100, lambda r: r["accuracy"] * 100,
+            "global sparsity (%)", "Accuracy vs sparsity: Mix-and-Match and matched global baselines\n"
+            "(below the view: collapsed candidates)")
+
+
+def plot_device(ax, ranking, device, metric):
+    rows = ranking["candidates"]
+    if metric == "latency":
+        x = lambda r: r["devices"][device].get("p50_ms")  # noqa: E731
+        xlabel, what = f"p50 latency on {device} (ms)", "latency"
+    else:
+        x = lambda r: r["bytes"]["compact"] / 1e6 if r["bytes"] else None  # noqa: E731
+        xlabel, what = "compact size (MB, lossless)", "size"
+    y = lambda r: r["accuracy"] * 100  # noqa: E731
+    _scatter_groups(ax, rows, x, y)
+    front = [r for r in rows if device in r["pareto"] and x(r) is not None]
+    if front:
+        ax.scatter([x(r) for r in front], [y(r) for r in front], s=90, facecolors="none", edgecolors="black",
+                   linewidths=1, label="Pareto front", zorder=4)
+    emulated = next((d["emulated"] for d in ranking["devices"] if d["name"] == device), False)
+    _finish(ax, ranking, rows, x, y, xlabel, f"Accuracy vs {what} on {device}" + (" (EMULATED)" if emulated else ""))
+
+
+def plot_layers(ax, ranking, strategies: dict):
+    chosen = ranking["chosen"]
+    if chosen is None:
+        ax.text(0.5, 0.5, "no candidate chosen", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    layers = strategies[chosen]["layers"]
+    names = list(layers)
+    ax.bar(range(len(names)), [layers[n] * 100 for n in names], color="#1f77b4", label=chosen)
+    base = next((b for b in strategies[chosen].get("baselines", []) if b.startswith("base-mag") and b in strategies), None)
+    if base:
+        ax.plot(range(len(names)), [strategies[base]["layers"].get(n, 0) * 100 for n in names], "k.", ms=5,
+                label=f"{base} (global magnitude, same sparsity)")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
+    ax.set_ylabel("sparsity (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Per-layer sparsity of {chosen}", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def figures(ranking: dict, strategies: dict) -> dict[str, bytes]:
+    """Each panel as its own PNG (for the HTML) and all of them in one (pareto.png)."""
+    plt = _plt()
+    devices = [d["name"] for d in ranking["devices"]]
+    panels = [("sparsity", lambda ax: plot_sparsity(ax, ranking))]
+    for d in devices:
+        panels.append((f"latency-{d}", lambda ax, d=d: plot_device(ax, ranking, d, "latency")))
+        panels.append((f"size-{d}", lambda ax, d=d: plot_device(ax, ranking, d, "size")))
+    panels.append(("layers", lambda ax: plot_layers(ax, ranking, strategies)))
+    out = {}
+    for name, draw in panels:
+        fig, ax = plt.subplots(figsize=(7.5, 4.6) if name != "layers" else (9, 4.2))
+        draw(ax)
+        out[name] = _png(fig)
+    rows = 1 + len(devices) + 1
+    fig = plt.figure(figsize=(15, 5 * rows))
+    grid = fig.add_gridspec(rows, 2)
+    plot_sparsity(fig.add_subplot(grid[0, :]), ranking)
+    for i, d in enumerate(devices, start=1):
+        plot_device(fig.add_subplot(grid[i, 0]), ranking, d, "latency")
+        plot_device(fig.add_subplot(grid[i, 1]), ranking, d, "size")
+    plot_layers(fig.add_subplot(grid[rows - 1, :]), ranking, strategies)
+    fig.tight_layout()
+    out["pareto"] = _png(fig)
+    return out
+
+
+# --- HTML -----------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+.sub{color:#666;margin-top:0}
+.box{border:2px solid #d62728;border-radius:6px;padding:.8em 1.2em;background:#fff8f8}
+.note{border-left:4px solid #f0ad4e;background:#fffaf0;padding:.6em 1em;margin:1em 0}
+table{border-collapse:collapse;font-size:.82em;width:100%} th,td{padding:3px 6px;border-bottom:1px solid #eee;text-align:right}
+th{background:#f5f5f5;position:sticky;top:0} td.l,th.l{text-align:left}
+tr.chosen{background:#ffecec;font-weight:bold} tr.no{color:#999}
+img{max-width:100%} .pair img{width:49.5%} code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
+.kv td{text-align:left;border:none;padding:2px 10px 2px 0}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:.3f}" if n is not None else "-"
+
+
+def _candidate_table(ranking: dict) -> str:
+    devices = [d["name"] for d in ranking["devices"]]
+    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>kind</th><th>sparsity %</th><th>accuracy %</th>"
+            "<th>drop pt</th><th>compact MB</th><th>model.onnx MB</th>"
+            + "".join(f"<th>{_e(d)} p50 ms</th><th>{_e(d)} RSS MB</th>" for d in devices)
+            + "<th class=l>eligible / reason</th></tr>")
+    body = []
+    for r in ranking["candidates"]:
+        cls = "chosen" if r["cid"] == ranking["chosen"] else ("" if r["eligible"] else "no")
+        cells = [r["rank"] or "", f'<td class=l>{_e(r["cid"])}</td>', _e(r["kind"]),
+                 f"{r['global_sparsity'] * 100:.1f}", f"{r['accuracy'] * 100:.2f}", f"{r['drop_points']:.2f}",
+                 _mb((r["bytes"] or {}).get("compact")), _mb((r["bytes"] or {}).get("model_onnx"))]
+        for d in devices:
+            m = r["devices"][d]
+            cells += [f"{m['p50_ms']:.3f}" if m["benched"] else "-", f"{m['peak_rss_mb']:.1f}" if m["benched"] else "-"]
+        verdict = ("yes" + (" (Pareto: " + ", ".join(r["pareto"]) + ")" if r["pareto"] else "")) if r["eligible"] \
+            else _e(r["reason"])
+        cells.append(f"<td class=l>{verdict}</td>")
+        body.append(f'<tr class="{cls}">' + "".join(c if str(c).startswith("<td") else f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _baseline_table(ranking: dict) -> str:
+    """Each Mix-and-Match candidate against the best global baseline at its sparsity."""
+    by_id = {r["cid"]: r for r in ranking["candidates"]}
+    rows, wins, total = [], 0, 0
+    for r in sorted((r for r in ranking["candidates"] if r["kind"] == "mixmatch"), key=lambda r: (-r["accuracy"], r["cid"])):
+        bases = [by_id[b] for b in r["baselines"] if b in by_id]
+        if not bases:
+            continue
+        best = max(bases, key=lambda b: (b["accuracy"], b["cid"]))
+        delta = (r["accuracy"] - best["accuracy"]) * 100
+        total += 1
+        wins += delta >= 0
+        rows.append(f"<tr><td class=l>{_e(r['cid'])}</td><td>{r['global_sparsity'] * 100:.1f}</td>"
+                    f"<td>{r['accuracy'] * 100:.2f}</td><td class=l>{_e(best['cid'])}</td>"
+                    f"<td>{best['accuracy'] * 100:.2f}</td><td>{delta:+.2f}</td></tr>")
+    if not rows:
+        return "<p>No matched baselines in this run.</p>"
+    return (f"<p>Mix-and-Match matches or beats the best global method at the same sparsity in <b>{wins} of {total}</b> "
+            "cases (accuracies as ranked: fine-tuned where fine-tuned).</p><table><tr><th class=l>candidate</th>"
+            "<th>sparsity %</th><th>accuracy %</th><th class=l>best matched baseline</th><th>its accuracy %</th>"
+            f"<th>difference pt</th></tr>{''.join(rows)}</table>")
+
+
+def render_html(ranking: dict, records: dict, pngs: dict[str, bytes]) -> str:
+    run = records["run"]
+    model = run.get("model", {})
+    data = run.get("data", {})
+    chosen = next((r for r in ranking["candidates"] if r["cid"] == ranking["chosen"]), None)
+    root = records["root"]
+    if chosen:
+        dev_rows = "".join(
+            f"<tr><td>{_e(d)}</td><td>p50 {m['p50_ms']:.3f} ms, p90 {m['p90_ms']:.3f} ms, peak RSS {m['peak_rss_mb']:.1f} MB"
+            f"{' (EMULATED)' if m['emulated'] else ''}</td></tr>" for d, m in chosen["devices"].items() if m["benched"])
+        box = (f"<div class=box><h2 style='border:none;margin-top:0'>Chosen: <code>{_e(chosen['cid'])}</code></h2>"
+               f"<p>{_e(ranking['chosen_why'])}</p><table class=kv>"
+               f"<tr><td>accuracy</td><td>{chosen['accuracy'] * 100:.2f}% ({_e(chosen['accuracy_source'])}); dense "
+               f"{ranking['dense']['accuracy'] * 100:.2f}%</td></tr>"
+               f"<tr><td>global sparsity</td><td>{chosen['global_sparsity'] * 100:.1f}% ({_e(chosen['signal'])} / "
+               f"{_e(chosen['strategy'])})</td></tr>"
+               f"<tr><td>size</td><td>model.onnx {_mb(chosen['bytes']['model_onnx'])} MB ({_e(chosen['storage'])} storage), "
+               f"compact {_mb(chosen['bytes']['compact'])} MB, dense ONNX {_mb(chosen['bytes']['onnx'])} MB</td></tr>"
+               f"{dev_rows}</table><p>Ship it: <code>mixprune release {_e(root)}</code></p></div>")
+    else:
+        box = f"<div class=box><h2 style='border:none;margin-top:0'>No candidate chosen</h2><p>{_e(ranking['chosen_why'])}</p></div>"
+    notes = "".join(f"<div class=note>{_e(d['speed_note'])}</div>" for d in ranking["devices"])
+    device_figs = "".join(
+        f"<h3>{_e(d['name'])}{' (emulated)' if d['emulated'] else ''}</h3>"
+        f"<div class=pair>{_img(pngs['latency-' + d['name']], 'accuracy vs latency')}"
+        f"{_img(pngs['size-' + d['name']], 'accuracy vs size')}</div>"
+        for d in ranking["devices"])
+    versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items() if v)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>mixprune report: {_e(model.get('name'))}</title>
+<style>{CSS}</style></head><body>
+<h1>mixprune report: {_e(model.get('name'))} on {_e(data.get('source'))}</h1>
+<p class=sub>{len(ranking['candidates'])} candidates ({ranking['eligible_count']} eligible); objective
+<b>{_e(ranking['objective'])}</b> on <b>{_e(ranking['choice_device'])}</b>; accuracy drop at most
+{ranking['max_drop']:g} points; devices: {_e(', '.join(d['name'] for d in ranking['devices']))}.</p>
+{box}
+<h2>Speed</h2>{notes}
+<h2>Mix-and-Match vs global pruning at the same sparsity</h2>
+{_img(pngs['sparsity'], 'accuracy vs global sparsity')}
+{_baseline_table(ranking)}
+<h2>Per device: accuracy vs latency and size</h2>
+<p>Solid markers are eligible, faded ones are excluded (reasons in the table below); the chosen one is circled in red;
+the Pareto front, ringed in black (accuracy, p50 latency, peak RSS, compact size; latency and memory differences within
+measured noise count as ties).</p>
+{device_figs}
+<h2>Per-layer sparsity of the chosen candidate</h2>
+{_img(pngs['layers'], 'per-layer sparsity')}
+<h2>Every candidate</h2>
+<p>Choice rule: {_e(ranking['rule'])}.</p>
+{_candidate_table(ranking)}
+<p class=sub>Records: {_e(root)}/ranking.json. {_e(versions)}.</p>
+</body></html>
+"""
+
+
+def write_report(root: Path, ranking: dict, records: dict) -> None:
+    strategies = {cid: rec["strategy"] for cid, rec in records["models"].items()}
+    pngs = figures(ranking, strategies)
+    atomic_write_bytes(root / "pareto.png", pngs["pareto"])
+    atomic_write_bytes(root / "report.html", render_html(ranking, records, pngs).encode())
