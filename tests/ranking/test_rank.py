@@ -1,0 +1,187 @@
+"""`mixprune rank`: eligibility against the records, the choice rule, Pareto fronts, report, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mixprune import ranking as rk
+
+from .conftest import cli, load
+
+
+def shipped_accuracy(eval_record):
+    return eval_record["accuracy_finetuned"] if eval_record["accuracy_finetuned"] is not None else eval_record["accuracy"]
+
+
+def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run):
+    ranking = load(quick_run / "ranking.json")
+    dense = load(quick_run / "dense" / "eval.json")["accuracy"]
+    cids = sorted(p.name for p in (quick_run / "candidates").iterdir())
+    assert sorted(r["cid"] for r in ranking["candidates"]) == cids
+    kinds = {r["kind"] for r in ranking["candidates"]}
+    assert kinds == {"mixmatch", "baseline"}  # the matched global baselines rank too
+    for row in ranking["candidates"]:
+        folder = quick_run / "candidates" / row["cid"]
+        accuracy = shipped_accuracy(load(folder / "eval.json"))
+        assert row["accuracy"] == accuracy
+        drop = (dense - accuracy) * 100
+        assert (f"accuracy drop {drop:.2f} > 1 points" in row["reasons"]) == (drop > 1.0)
+        exported = (folder / "export.json").is_file()
+        assert any("not exported" in r for r in row["reasons"]) == (not exported)
+        if exported:
+            bench = load(folder / "bench" / "host.json")
+            assert row["devices"]["host"]["p50_ms"] == bench["latency_ms"]["p50"]
+            assert row["bytes"] == load(folder / "export.json")["bytes"]
+        assert row["eligible"] == (not row["reasons"]) == (row["reason"] is None)
+    # `run --quick` exported the 3 most accurate candidates within the drop (export_top = 3)
+    passing = sorted((r for r in ranking["candidates"] if not any("accuracy" in x for x in r["reasons"])),
+                     key=lambda r: (-r["accuracy"], r["cid"]))
+    assert [r["cid"] for r in ranking["candidates"] if r["eligible"]] == [r["cid"] for r in passing[:3]]
+
+
+def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_so(quick_run):
+    ranking = load(quick_run / "ranking.json")
+    eligible = [r for r in ranking["candidates"] if r["eligible"]]
+    best = min(eligible, key=lambda r: (-r["accuracy"], r["bytes"]["compact"], r["cid"]))
+    assert ranking["chosen"] == best["cid"]
+    assert [r["rank"] for r in ranking["candidates"][: len(eligible)]] == list(range(1, len(eligible) + 1))
+    host = ranking["devices"][0]
+    assert host["name"] == "host" and host["same_speed"] and not host["emulated"]
+    assert "not in speed" in ranking["speed_note"] and "file size" in ranking["speed_note"]
+    assert ranking["chosen"] in ranking["pareto"]
+
+
+def test_rank_is_stable_and_objective_size_picks_the_smallest(run_copy):
+    before = load(run_copy / "ranking.json")
+    again = cli("rank", run_copy)
+    assert again.exit_code == 0, again.output
+    assert load(run_copy / "ranking.json")["chosen"] == before["chosen"]
+    assert "chosen: " + before["chosen"] in again.output
+    size = cli("rank", run_copy, "--objective", "size")
+    assert size.exit_code == 0, size.output
+    ranking = load(run_copy / "ranking.json")
+    eligible = [r for r in ranking["candidates"] if r["eligible"]]
+    assert ranking["chosen"] == min(eligible, key=lambda r: (r["bytes"]["compact"], -r["accuracy"], r["cid"]))["cid"]
+
+
+def test_device_budget_excludes_a_candidate_with_its_reason(run_copy):
+    chosen = load(run_copy / "ranking.json")["chosen"]
+    path = run_copy / "candidates" / chosen / "bench" / "host.json"
+    record = load(path)
+    record.update(over_latency_budget=True, latency_budget_ms=record["latency_ms"]["p50"] / 2)
+    path.write_text(json.dumps(record))
+    result = cli("rank", run_copy)
+    assert result.exit_code == 0, result.output
+    ranking = load(run_copy / "ranking.json")
+    row = next(r for r in ranking["candidates"] if r["cid"] == chosen)
+    assert not row["eligible"] and "latency budget" in row["reason"] and row["rank"] is None
+    assert ranking["chosen"] not in (None, chosen)
+
+
+def test_no_eligible_candidate_names_the_constraint(run_copy):
+    record = load(run_copy / "dense" / "eval.json")
+    record["accuracy"] = 1.0
+    (run_copy / "dense" / "eval.json").write_text(json.dumps(record))
+    result = cli("rank", run_copy, "--max-drop", "0.5")
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.startswith("Error: no eligible candidate") and "\n" not in line
+    assert "accuracy drop" in line and "raise --max-drop" in line
+    assert load(run_copy / "ranking.json")["chosen"] is None
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda run: [p.unlink() for p in run.glob("candidates/*/export.json")], "mixprune export"),
+    (lambda run: [shutil.rmtree(p) for p in run.glob("*/*/bench")] + [shutil.rmtree(run / "dense" / "bench")],
+     "mixprune bench"),
+    (lambda run: (run / "run.json").unlink(), "mixprune prune"),
+])
+def test_missing_stage_says_which_to_run(run_copy, damage, expected):
+    damage(run_copy)
+    result = cli("rank", run_copy)
+    assert result.exit_code == 2 and expected in result.output, result.output
+
+
+def test_unknown_device_and_mixed_emulation_are_refused(run_copy):
+    result = cli("rank", run_copy, "--device", "rpi4")
+    assert result.exit_code == 2 and "mixprune bench" in result.output and "rpi4" in result.output
+    path = next(run_copy.glob("candidates/*/bench/host.json"))
+    record = load(path)
+    record["emulated"] = True
+    path.write_text(json.dumps(record))
+    result = cli("rank", run_copy)
+    assert result.exit_code == 2 and "mix emulated and real" in result.output
+
+
+def test_report_is_self_contained_and_names_the_choice(quick_run):
+    html = (quick_run / "report.html").read_text()
+    ranking = load(quick_run / "ranking.json")
+    assert ranking["chosen"] in html and "not in speed" in html
+    assert html.count("data:image/png;base64,") >= 4  # sparsity, latency, size, per-layer
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert all(r["cid"] in html for r in ranking["candidates"])
+    assert (quick_run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rank_does_not_import_torch(quick_run, tmp_path):
+    copy = shutil.copytree(quick_run, tmp_path / "c")
+    code = ("import sys; from mixprune.cli import main\n"
+            f"try: main(['rank', {str(copy)!r}])\nexcept SystemExit as e: assert e.code == 0, e.code\n"
+            "print(sorted(m for m in ('torch', 'timm', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- the choice rule on synthetic records (no models) -----------------------------------
+def _records(tmp_path, rows: dict, mode="structured"):
+    """In-memory records: {cid: (accuracy, p50, p90, compact bytes)} on one real device."""
+    models = {}
+    for cid, (acc, p50, p90, size) in rows.items():
+        models[cid] = {
+            "strategy": {"kind": "mixmatch", "signal": "magnitude", "strategy": "x", "global_sparsity": 0.5,
+                         "mode": mode},
+            "eval": {"accuracy": acc, "accuracy_finetuned": None},
+            "export": {"verified": True, "bytes": {"compact": size}, "storage": "dense"},
+            "bench": {"dev": {"latency_ms": {"p50": p50, "p90": p90}, "peak_rss_mb": 50.0, "model_bytes": size,
+                              "emulated": False, "execution_providers": ["CPUExecutionProvider"]}},
+        }
+    return {"root": tmp_path, "run": {"model": {"name": "m"}}, "models": models,
+            "dense": {"eval": {"accuracy": 0.9}, "export": None, "bench": {}}}
+
+
+def test_latency_within_noise_is_a_tie_broken_by_accuracy(tmp_path):
+    # band = max(p90 - p50 of the fastest, 5% of its p50) = max(0.2, 0.5) = 0.5 ms
+    records = _records(tmp_path, {"fast": (0.895, 10.0, 10.2, 100), "close": (0.899, 10.4, 10.6, 200),
+                                  "slow": (0.9, 12.0, 12.1, 50)})
+    ranking = rk.rank(records, max_drop=1.0)
+    assert ranking["chosen"] == "close"
+    assert [r["cid"] for r in ranking["candidates"]] == ["close", "fast", "slow"]
+    assert ranking["devices"][0]["latency_band_ms"] == pytest.approx(0.5)
+    # beyond the band, speed wins over accuracy
+    records["models"]["close"]["bench"]["dev"]["latency_ms"]["p50"] = 10.6
+    assert rk.rank(records, max_drop=1.0)["chosen"] == "fast"
+
+
+def test_unstructured_candidates_tie_on_speed_by_construction(tmp_path):
+    records = _records(tmp_path, {"a": (0.895, 10.0, 10.1, 100), "b": (0.899, 15.0, 15.1, 300)}, mode="unstructured")
+    ranking = rk.rank(records, max_drop=1.0)
+    assert ranking["chosen"] == "b" and ranking["devices"][0]["same_speed"]
+    assert ranking["devices"][0]["latency_band_ms"] is None
+    assert ranking["pareto"] == ["a", "b"]  # a is smaller, b more accurate; speed does not separate them
+
+
+def test_pareto_front_drops_dominated_candidates(tmp_path):
+    records = _records(tmp_path, {"good": (0.899, 10.0, 10.1, 100), "worse": (0.895, 20.0, 20.1, 200),
+                                  "small": (0.893, 10.0, 10.1, 50)})
+    assert rk.rank(records, max_drop=1.0)["pareto"] == ["good", "small"]
+
+
+def test_close_ids_suggests_neighbours():
+    ids = ["mm-magnitude-p70", "mm-magnitude-p90", "base-mag-s70.00"]
+    assert "mm-magnitude-p70" in rk.close_ids("mm-magnitude-p7", ids)

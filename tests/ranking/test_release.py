@@ -1,0 +1,148 @@
+"""`mixprune release` and `mixprune verify`: reproducible bundles, and refusals of unsafe or altered ones."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import cli, load
+
+
+def release(run, *args):
+    result = cli("release", run, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def members(bundle) -> dict[str, bytes]:
+    with tarfile.open(bundle, "r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def repack(path, files: dict[str, bytes], extra=()):
+    """Write ``files`` (and raw TarInfo ``extra`` entries) as a .tar.gz at ``path``."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(quick_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "a.tar.gz"
+    release(quick_run, "--out", out)
+    return out
+
+
+def test_two_releases_are_byte_identical_and_hold_the_manifest_keys(quick_run, bundle, tmp_path):
+    second = tmp_path / "b.tar.gz"
+    release(quick_run, "--candidate", load(quick_run / "ranking.json")["chosen"], "--out", second)
+    assert bundle.read_bytes() == second.read_bytes()
+    # the bundle `run` wrote for the chosen candidate is the same bytes too
+    assert bundle.read_bytes() == next((quick_run / "release").glob("*.tar.gz")).read_bytes()
+    files = members(bundle)
+    assert sorted(files) == ["MODEL_CARD.md", "manifest.json", "model.onnx"]
+    manifest = json.loads(files["manifest.json"])
+    for key in ("files", "model", "strategy", "accuracy", "bench", "versions", "inputs", "class_labels"):
+        assert manifest[key], key
+    assert manifest["files"] == {name: hashlib.sha256(data).hexdigest() for name, data in files.items()
+                                 if name != "manifest.json"}
+    cid = manifest["model"]["candidate"]
+    strategy = load(quick_run / "candidates" / cid / "strategy.json")
+    assert manifest["strategy"]["layers"] == strategy["layers"]
+    assert files["model.onnx"] == (quick_run / "candidates" / cid / "model.onnx").read_bytes()
+    assert set(manifest["bench"]) == {"host"}
+    assert {"torch", "timm", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    assert manifest["inputs"][0]["preprocessing"]["mean"] and len(manifest["class_labels"]) == 10
+    with tarfile.open(bundle, "r:gz") as tar:
+        assert all(m.mtime == 0 and m.uid == m.gid == 0 and m.uname == m.gname == "" for m in tar.getmembers())
+
+
+def test_verify_accepts_the_bundle(bundle):
+    result = cli("verify", bundle)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("OK ") and "2 files match the manifest" in result.output
+
+
+def _tampered(files):
+    data = bytearray(files["model.onnx"])
+    data[-10] ^= 0xFF
+    return {**files, "model.onnx": bytes(data)}
+
+
+def _link(name, target, kind):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize("case, change, extra, message", [
+    ("tampered", _tampered, (), "model.onnx in"),
+    ("missing", lambda f: {k: v for k, v in f.items() if k != "MODEL_CARD.md"}, (), "is missing MODEL_CARD.md"),
+    ("extra", lambda f: {**f, "notes.txt": b"hi"}, (), "notes.txt not listed"),
+    ("traversal", lambda f: f, [(tarfile.TarInfo("../escaped.txt"), b"x")], "path traversal"),
+    ("absolute", lambda f: f, [(tarfile.TarInfo("/tmp/mixprune-absolute.txt"), b"x")], "absolute path"),
+    ("symlink", lambda f: f, [(_link("link", "/etc/passwd", tarfile.SYMTYPE), None)], "link"),
+    ("hardlink", lambda f: f, [(_link("hard", "model.onnx", tarfile.LNKTYPE), None)], "link"),
+    ("duplicate", lambda f: f, [(tarfile.TarInfo("MODEL_CARD.md"), b"")], "appears twice"),
+])
+def test_verify_refuses(bundle, tmp_path, case, change, extra, message):
+    for info, data in extra:
+        info.size = len(data) if data is not None else 0
+    outside = [Path(tempfile.gettempdir()) / "escaped.txt", Path("/tmp/mixprune-absolute.txt")]
+    assert not any(p.exists() for p in outside)
+    bad = repack(tmp_path / f"{case}.tar.gz", change(members(bundle)), extra)
+    result = cli("verify", bad)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and message in result.output, result.output
+    assert not any(p.exists() for p in outside)
+
+
+def test_verify_refuses_garbage_and_absent_files(tmp_path):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tarball")
+    for path, message in ((junk, "not a readable"), (tmp_path / "none.tar.gz", "does not exist")):
+        result = cli("verify", path)
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_release_refuses_bad_input_without_writing(quick_run, bundle, tmp_path):
+    before = bundle.read_bytes()
+    result = cli("release", quick_run, "--out", bundle)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert bundle.read_bytes() == before
+    cid = load(quick_run / "ranking.json")["chosen"]
+    result = cli("release", quick_run, "--candidate", cid[:-1], "--out", tmp_path / "x.tar.gz")
+    assert result.exit_code == 2 and "did you mean" in result.output and cid in result.output
+    not_exported = next(r["cid"] for r in load(quick_run / "ranking.json")["candidates"]
+                        if not (quick_run / "candidates" / r["cid"] / "export.json").exists())
+    result = cli("release", quick_run, "--candidate", not_exported, "--out", tmp_path / "y.tar.gz")
+    assert result.exit_code == 2 and "mixprune export" in result.output
+    assert not list(tmp_path.glob("*.tar.gz")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_release_best_needs_a_ranking(run_copy, tmp_path):
+    (run_copy / "ranking.json").unlink()
+    result = cli("release", run_copy, "--out", tmp_path / "z.tar.gz")
+    assert result.exit_code == 2 and "mixprune rank" in result.output
+
+
+def test_verify_imports_only_numpy_and_onnxruntime(bundle):
+    code = ("import sys; from mixprune.cli import main\n"
+            f"try: main(['verify', {str(bundle)!r}])\nexcept SystemExit as e: assert e.code == 0, e.code\n"
+            "print(sorted(m for m in ('torch', 'timm', 'onnx', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

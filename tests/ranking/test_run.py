@@ -1,0 +1,88 @@
+"""`mixprune run`: the one-command pipeline, its configuration, refusals and kill -9 + --resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mixprune.config import QUICK_DEFAULTS, RUN_DEFAULTS, RunConfig, run_presets
+
+from .conftest import cli, load
+
+
+def test_run_wrote_every_stage_and_printed_where(quick_run):
+    stages = load(quick_run / "run.json")["stages"]
+    for stage in ("prune", "export", "bench:host", "run"):
+        assert stages[stage]["status"] == "done", stage
+    ranking = load(quick_run / "ranking.json")
+    assert stages["run"]["chosen"] == ranking["chosen"]
+    bundle = stages["run"]["bundle"]
+    assert bundle.endswith(f"-{ranking['chosen']}.tar.gz") and os.path.isfile(bundle)
+    assert cli("verify", bundle).exit_code == 0
+    # `run` exported only the dense model and the export_top best candidates within --max-drop
+    exported = sorted(p.parent.name for p in quick_run.glob("*/*/export.json")) + \
+        (["dense"] if (quick_run / "dense" / "export.json").exists() else [])
+    assert len(exported) == 1 + QUICK_DEFAULTS["export_top"]
+
+
+def test_existing_output_is_refused_without_resume_or_force(quick_run):
+    before = (quick_run / "run.json").read_bytes()
+    result = cli("run", "--quick", "--out", quick_run)
+    assert result.exit_code == 2 and "--resume" in result.output and "--force" in result.output
+    assert (quick_run / "run.json").read_bytes() == before
+    result = cli("run", "--quick", "--out", quick_run, "--resume", "--force")
+    assert result.exit_code == 2 and "contradict" in result.output
+
+
+def test_bad_flags_fail_before_any_work(tmp_path):
+    for args, message in ((["--objective", "speed"], "speed"), (["--devices", "nosuch"], "unknown device"),
+                          (["--mode", "structured"], "not available yet"), (["--max-drop", "-1"], "--max-drop")):
+        result = cli("run", "--quick", "--out", tmp_path / "r", *args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert not (tmp_path / "r").exists()
+
+
+def test_toml_holds_flags_and_flags_win(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('quick = true\nmax-drop = 2.5\ndevices = ["host", "rpi4"]\nobjective = "size"\n')
+    presets = run_presets(str(toml), {})
+    assert presets == (RUN_DEFAULTS, QUICK_DEFAULTS)
+    config = RunConfig.build(str(toml), presets, objective="memory")
+    assert (config.model, config.max_drop, config.devices, config.objective) == ("test_resnet", 2.5, ("host", "rpi4"), "memory")
+    assert RunConfig.build(None, run_presets(None, {})).train_epochs == RUN_DEFAULTS["train_epochs"]
+
+
+@pytest.mark.slow
+def test_kill_during_prune_then_resume_matches_an_uninterrupted_run(quick_run, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mixprune.cli", "run", "--quick", "--out", str(out)]
+    env = dict(os.environ, MIXPRUNE_QUIET="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(out.glob("candidates/*/eval.json"))) < 4 and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list(out.glob("candidates/*/eval.json")))
+    assert 0 < finished < len(list(quick_run.glob("candidates/*"))) and load(out / "run.json")["stages"]["prune"]["status"] == "running"
+    result = cli("run", "--quick", "--out", out, "--resume")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert load(out / "run.json")["stages"]["prune"]["summary"]["resumed"] >= finished
+    resumed, reference = load(out / "ranking.json"), load(quick_run / "ranking.json")
+    assert resumed["chosen"] == reference["chosen"]
+
+    def metrics(ranking):  # everything but timings, which no two runs share
+        return {r["cid"]: (r["accuracy"], r["global_sparsity"], r["bytes"], r["eligible"], r["drop_points"])
+                for r in ranking["candidates"]}
+
+    assert metrics(resumed) == metrics(reference)
+    # the resumed run's bundle holds the same model as the uninterrupted one
+    chosen = reference["chosen"]
+    assert (out / "candidates" / chosen / "model.onnx").read_bytes() == \
+        (quick_run / "candidates" / chosen / "model.onnx").read_bytes()
+    assert not list(out.rglob(".*.tmp"))
