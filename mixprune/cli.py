@@ -375,7 +375,7 @@ def verify(bundle):
 @click.option("--sparsity", type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")
 @click.option("--finetune-epochs", type=int, help="Fine-tune epochs.  [default: 1]")
 @click.option("--finetune-top", type=int, help="Fine-tune the best K candidates and their matched baselines.  [default: 1]")
-@click.option("--export-top", type=int, help="Export and bench the K best candidates within --max-drop.  [default: 6]")
+@click.option("--export-top", type=int, help="Export and bench the K best candidates within --max-drop.  [default: 3]")
 @click.option("--storage", type=click.Choice(["dense", "sparse"]), default=None,
               help="What model.onnx (and the bundle) holds.  [default: dense]")
 @click.option("--bench-runs", type=int, help="Timed runs per model [default: the device profile's].")

@@ -53,7 +53,7 @@ class RunConfig:
     max_drop: float = 1.0
     objective: str = "latency"
     storage: str = "dense"
-    export_top: int = 6  # `mixprune run`: export and bench the K best candidates within --max-drop
+    export_top: int = 3  # `mixprune run`: export and bench the K best candidates within --max-drop
     bench_runs: int | None = None  # None: the device profile's
     bench_warmup: int | None = None
     quick: bool = False
@@ -154,11 +154,11 @@ def load_toml(path: str) -> dict:
 # `mixprune run` starts from these instead of the prune defaults: the whole default run
 # (resnet18 on digits, host) fits in about 5 minutes on a 2-core machine
 # (experiments/pipeline/README.md has the measured stage times).
-RUN_DEFAULTS = {"img_size": 16, "train_epochs": 4, "finetune_epochs": 1, "finetune_top": 1, "recal_samples": 512}
+RUN_DEFAULTS = {"img_size": 16, "train_epochs": 4, "finetune_epochs": 1, "finetune_top": 1, "recal_samples": 256}
 # `mixprune run --quick`: a tiny configuration for tests and smoke checks (about a minute).
 QUICK_DEFAULTS = {"model": "test_resnet", "img_size": 16, "train_epochs": 1, "signals": ("magnitude",),
-                  "baselines": ("mag",), "finetune_epochs": 1, "finetune_top": 1, "recal_samples": 256,
-                  "export_top": 3, "bench_runs": 20, "bench_warmup": 3}
+                  "baselines": ("mag",), "finetune_epochs": 1, "finetune_top": 1, "recal_samples": 128,
+                  "export_top": 2, "bench_runs": 10, "bench_warmup": 2}
 
 
 def run_presets(toml_file: str | None, explicit: dict) -> tuple:

@@ -134,7 +134,7 @@ def figures(ranking: dict, strategies: dict) -> dict[str, bytes]:
     panels.append(("layers", lambda ax: plot_layers(ax, ranking, strategies)))
     out = {}
     for name, draw in panels:
-        fig, ax = plt.subplots(figsize=(7.5, 4.6) if name != "layers" else (9, 4.2))
+        fig, ax = plt.subplots(figsize=(7.5, 4.6) if name != "layers" else (9, 3.4))
         draw(ax)
         out[name] = _png(fig)
     rows = 1 + len(devices) + 1

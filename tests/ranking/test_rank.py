@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from mixprune import ranking as rk
+from mixprune.config import QUICK_DEFAULTS
 
 from .conftest import cli, load
 
@@ -38,10 +39,10 @@ def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run
             assert row["devices"]["host"]["p50_ms"] == bench["latency_ms"]["p50"]
             assert row["bytes"] == load(folder / "export.json")["bytes"]
         assert row["eligible"] == (not row["reasons"]) == (row["reason"] is None)
-    # `run --quick` exported the 3 most accurate candidates within the drop (export_top = 3)
+    # `run --quick` exported the export_top most accurate candidates within the drop
     passing = sorted((r for r in ranking["candidates"] if not any("accuracy" in x for x in r["reasons"])),
                      key=lambda r: (-r["accuracy"], r["cid"]))
-    assert [r["cid"] for r in ranking["candidates"] if r["eligible"]] == [r["cid"] for r in passing[:3]]
+    assert [r["cid"] for r in ranking["candidates"] if r["eligible"]] == [r["cid"] for r in passing[: QUICK_DEFAULTS["export_top"]]]
 
 
 def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_so(quick_run):
