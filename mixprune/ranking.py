@@ -172,6 +172,7 @@ def candidate_row(cid: str, rec: dict, dense_accuracy: float, max_drop: float, d
         "mode": strategy.get("mode", "unstructured"),
         "global_sparsity": strategy["global_sparsity"], "baselines": strategy.get("baselines", []),
         "accuracy": accuracy, "accuracy_source": source, "drop_points": round(drop, 4),
+        "accuracy_pruned": rec["eval"]["accuracy"],
         "bytes": (export or {}).get("bytes"), "storage": (export or {}).get("storage"),
         "verified": bool(export and export.get("verified")),
         "devices": per_device, "eligible": not reasons,
