@@ -17,6 +17,8 @@ from pathlib import Path
 from .runs import atomic_write_bytes
 
 MARKERS = {"magnitude": "o", "gradient": "s", "product": "^", "mag": "x", "snip": "+", "grasp": "1", "uniform": "2"}
+COLORS = {"magnitude": "#9467bd", "gradient": "#d62728", "product": "#8c564b", "mag": "#ff7f0e", "snip": "#2ca02c",
+          "grasp": "#1f77b4", "uniform": "#7f7f7f"}
 CHOSEN = dict(s=260, facecolors="none", edgecolors="#d62728", linewidths=2.2, zorder=5)
 
 
@@ -40,15 +42,12 @@ def _scatter_groups(ax, rows, x, y):
         if x(r) is not None and y(r) is not None:
             groups.setdefault((r["kind"], r["signal"]), []).append(r)
     for (kind, signal), members in sorted(groups.items()):
-        color = None
         for eligible in (True, False):
             part = [r for r in members if r["eligible"] == eligible]
-            if not part:
-                continue
-            points = ax.scatter([x(r) for r in part], [y(r) for r in part], marker=MARKERS.get(signal, "o"),
-                                alpha=0.9 if eligible else 0.3, color=color,
-                                label=_label(part[0]) if eligible or color is None else None)
-            color = points.get_facecolor()[0] if kind == "mixmatch" else points.get_edgecolor()[0]
+            if part:
+                ax.scatter([x(r) for r in part], [y(r) for r in part], marker=MARKERS.get(signal, "o"),
+                           color=COLORS.get(signal), alpha=0.9 if eligible else 0.3,
+                           label=_label(part[0]) + ("" if eligible else " (excluded)"))
 
 
 def _finish(ax, ranking, rows, x, y, xlabel, title):
@@ -62,8 +61,8 @@ def _finish(ax, ranking, rows, x, y, xlabel, title):
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     accs = [r["accuracy"] * 100 for r in rows if x(r) is not None]
-    low = min([a for a in accs if a >= dense - 15] + [dense - ranking["max_drop"] - 2])
-    ax.set_ylim(low - 1, max(accs + [dense]) + 3)
+    floor = dense - max(5.0, 4 * ranking["max_drop"])  # far below the constraint: collapsed, out of view
+    ax.set_ylim(max(min(accs + [floor]), floor) - 1, max(accs + [dense]) + 3)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
@@ -90,8 +89,10 @@ def plot_device(ax, ranking, device, metric):
     if front:
         ax.scatter([x(r) for r in front], [y(r) for r in front], s=90, facecolors="none", edgecolors="black",
                    linewidths=1, label="Pareto front", zorder=4)
-    emulated = next((d["emulated"] for d in ranking["devices"] if d["name"] == device), False)
-    _finish(ax, ranking, rows, x, y, xlabel, f"Accuracy vs {what} on {device}" + (" (EMULATED)" if emulated else ""))
+    info = next(d for d in ranking["devices"] if d["name"] == device)
+    caveat = " (EMULATED)" if info["emulated"] else (
+        "\n(same kernels for every candidate: the spread is noise)" if info["same_speed"] and metric == "latency" else "")
+    _finish(ax, ranking, rows, x, y, xlabel, f"Accuracy vs {what} on {device}{caveat}")
 
 
 def plot_layers(ax, ranking, strategies: dict):
