@@ -35,11 +35,12 @@ import difflib
 import math
 from pathlib import Path
 
+from .config import OBJECTIVES
 from .errors import MixpruneError, RunDirError
+from .report import write_report
 from .runs import RunDir, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
-OBJECTIVES = ("latency", "size", "memory")
 RANKING_FILE = "ranking.json"
 LATENCY_NOISE_FLOOR = 0.05  # relative
 MEMORY_NOISE_MB, MEMORY_NOISE_FLOOR = 1.0, 0.02
@@ -347,7 +348,7 @@ def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, d
 
 
 def rank_run(run_dir, *, max_drop: float = 1.0, devices=(), objective: str = "latency",
-             export_notes: dict | None = None, report: bool = True) -> dict:
+             export_notes: dict | None = None) -> dict:
     """Rank a run directory, write ranking.json (and report.html + pareto.png); return the ranking.
 
     Raises NoEligibleCandidate after writing them when no candidate meets every constraint.
@@ -355,10 +356,7 @@ def rank_run(run_dir, *, max_drop: float = 1.0, devices=(), objective: str = "la
     records = load_run(run_dir)
     ranking = rank(records, max_drop=max_drop, devices=devices, objective=objective, export_notes=export_notes)
     root = Path(run_dir)
-    if report:
-        from .report import write_report
-
-        write_report(root, ranking, records)
+    write_report(root, ranking, records)
     atomic_write_json(root / RANKING_FILE, ranking)
     if ranking["chosen"] is None:
         raise NoEligibleCandidate(ranking["chosen_why"] + f" (every reason is in {root / RANKING_FILE})")
