@@ -186,3 +186,23 @@ def test_pareto_front_drops_dominated_candidates(tmp_path):
 def test_close_ids_suggests_neighbours():
     ids = ["mm-magnitude-p70", "mm-magnitude-p90", "base-mag-s70.00"]
     assert "mm-magnitude-p70" in rk.close_ids("mm-magnitude-p7", ids)
+
+
+def test_emulated_timings_never_decide(run_copy):
+    """Records of an emulated device (reversed, 400x slower) change neither the choice nor the host's verdicts."""
+    reference = load(run_copy / "ranking.json")
+    for path in run_copy.glob("*/*/bench/host.json"):
+        record = load(path)
+        record.update(device="arm64-qemu", emulated=True)
+        record["latency_ms"] = {k: 400 / v for k, v in record["latency_ms"].items()}
+        (path.parent / "arm64-qemu.json").write_text(json.dumps(record))
+    both = cli("rank", run_copy, "--device", "arm64-qemu", "--device", "host")
+    assert both.exit_code == 0, both.output
+    ranking = load(run_copy / "ranking.json")
+    assert ranking["choice_device"] == "host" and ranking["chosen"] == reference["chosen"]
+    emulated = next(d for d in ranking["devices"] if d["name"] == "arm64-qemu")
+    assert emulated["emulated"] and "not how fast" in emulated["speed_note"]
+    alone = cli("rank", run_copy, "--device", "arm64-qemu")
+    assert alone.exit_code == 0, alone.output
+    ranking = load(run_copy / "ranking.json")
+    assert ranking["chosen"] == reference["chosen"] and "emulated timings" in ranking["chosen_why"]
