@@ -341,8 +341,10 @@ def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, d
     else:
         ties = f"best {label} on {device['name']} of {eligible} eligible candidates"
     among = "; among them it has the highest accuracy, then the smallest size" if tied > 1 else ""
+    drop = chosen["drop_points"]
+    versus = f"drop {drop:.2f} points" if drop >= 0 else f"{-drop:.2f} points above it"
     return (f"{chosen['cid']}: {ties}{among}: accuracy {chosen['accuracy']:.4f} (dense {dense_accuracy:.4f}, "
-            f"drop {chosen['drop_points']:.2f} points), {_pct(chosen['global_sparsity'])} sparsity, "
+            f"{versus}), {_pct(chosen['global_sparsity'])} sparsity, "
             f"compact {chosen['bytes']['compact'] / 1e6:.2f} MB, p50 {m['p50_ms']:.3f} ms, "
             f"peak RSS {m['peak_rss_mb']:.1f} MB")
 
