@@ -42,7 +42,7 @@ class RunConfig:
     sparsity: float | None = None
     rules: str | None = None
     recalibrate: bool = True
-    recal_samples: int = 1024
+    recal_samples: int = 512
     finetune_epochs: int = 2
     finetune_top: int = 3
     finetune_lr: float = 1e-4

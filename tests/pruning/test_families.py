@@ -12,7 +12,6 @@ FAMILY_ARGS = {
     "swin_tiny_patch4_window7_224": ["--model-arg", "window_size=4", "--model-arg", "embed_dim=64",
                                      "--model-arg", "depths=(1,1)", "--model-arg", "num_heads=(2,4)"],
     "mobilenetv3_small_050": [],
-    "efficientnet_b0": ["--model-arg", "drop_path_rate=0.0"],
     "convnext_atto": [],
 }
 
@@ -21,10 +20,10 @@ FAMILY_ARGS = {
 @pytest.mark.parametrize("model", FAMILY_ARGS)
 def test_family_prunes_within_contract(tmp_path, model):
     run = prune(tmp_path / "run", "--model", model, "--train-epochs", "0", "--finetune-epochs", "0",
-                "--signals", "magnitude,product", "--baselines", "mag,grasp", "--img-size", "32",
+                "--signals", "magnitude", "--baselines", "grasp", "--img-size", "32",
                 *FAMILY_ARGS[model])
     candidates = check_contract(run, within_ranges=True)
-    assert sum(c["strategy"]["kind"] == "mixmatch" for c in candidates.values()) == 20
+    assert sum(c["strategy"]["kind"] == "mixmatch" for c in candidates.values()) == 10
     record = json.loads((run / "run.json").read_text())
     assert record["model"]["name"] == model and record["stages"]["prune"]["status"] == "done"
     ranges = json.loads((run / "ranges.json").read_text())["layers"]
