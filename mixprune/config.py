@@ -151,9 +151,9 @@ def load_toml(path: str) -> dict:
     return values
 
 
-# `mixprune run` starts from these instead of the prune defaults: the whole default run
-# (resnet18 on digits, host) fits in about 5 minutes on a 2-core machine
-# (experiments/pipeline/README.md has the measured stage times).
+# `mixprune run` starts from these instead of the prune defaults, to keep the whole default
+# run (resnet18 on digits, host) short; experiments/pipeline/README.md has the measured
+# stage times (the prune stage's candidate loop dominates).
 RUN_DEFAULTS = {"img_size": 16, "train_epochs": 4, "finetune_epochs": 1, "finetune_top": 1, "recal_samples": 256}
 # `mixprune run --quick`: a tiny configuration for tests and smoke checks (about a minute).
 QUICK_DEFAULTS = {"model": "test_resnet", "img_size": 16, "train_epochs": 1, "signals": ("magnitude",),
