@@ -51,7 +51,9 @@ def summarize_run(run: Path) -> dict:
                                sparsity=strategy["global_sparsity"], raw=record["accuracy_raw"],
                                recal=record["accuracy"], finetuned=record["accuracy_finetuned"])
     mixmatch = {cid: r for cid, r in rows.items() if r["kind"] == "mixmatch"}
-    best = max(mixmatch, key=lambda cid: (mixmatch[cid]["recal"], cid))
+    # the candidate the stage fine-tuned (its best by accuracy, ties to the first id), else that rule
+    tuned = [cid for cid, r in mixmatch.items() if r["finetuned"] is not None]
+    best = tuned[0] if tuned else min(mixmatch, key=lambda cid: (-mixmatch[cid]["recal"], cid))
     by_method = {r["signal"]: dict(cid=cid, **r) for cid, r in rows.items() if r["kind"] == "baseline"}
     return dict(dense=dense, best_mixmatch=dict(cid=best, **mixmatch[best]),
                 best_mixmatch_raw=max(r["raw"] for r in mixmatch.values()),
@@ -91,13 +93,17 @@ def aggregate(results: list[dict]) -> list[dict]:
 
         row = dict(model=model, sparsity=sparsity, seeds=len(runs), dense=mean([100 * r["dense"] for r in runs]))
         for stage in ("raw", "recal", "finetuned"):
-            mm = mean([drop(r["dense"], r["best_mixmatch"][stage]) for r in runs])
+            # each stage's best candidate: without re-estimation the best raw one, else the stage's choice
+            mm = mean([drop(r["dense"], r["best_mixmatch_raw"] if stage == "raw" else r["best_mixmatch"][stage])
+                       for r in runs])
             per = {m: mean([drop(r["dense"], r["baselines"][m][stage]) for r in runs]) for m in ("mag", "snip", "grasp")}
             best_base = [min((d for d in (drop(r["dense"], r["baselines"][m][stage]) for m in ("mag", "snip", "grasp"))
                               if d is not None), default=None) for r in runs]
-            row[stage] = dict(mixmatch_drop=mm, baseline_drops=per, best_baseline_drop=mean(best_base),
-                              ratio_vs_best_baseline=(round(mm / mean(best_base), 2)
-                                                      if mm is not None and mean(best_base) not in (None, 0) else None))
+            best_drop = mean(best_base)
+            # a ratio of drops means something only when the best baseline actually lost accuracy
+            row[stage] = dict(mixmatch_drop=mm, baseline_drops=per, best_baseline_drop=best_drop,
+                              ratio_vs_best_baseline=(round(mm / best_drop, 2)
+                                                      if mm is not None and best_drop and best_drop > 0 else None))
         row["best_strategies"] = sorted({r["best_mixmatch"]["cid"] for r in runs})
         rows.append(row)
     return rows
