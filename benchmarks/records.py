@@ -20,7 +20,7 @@ def make_record(raw: dict, profile: Profile, model: str, **extra) -> dict:
 
     Exceeding a budget is not an error: the record says so and ranking leaves it out.
     """
-    mem_budget, lat_budget = profile.memory_budget_mb, profile.latency_budget_ms
+    mem_budget, lat_budget, size_budget = profile.memory_budget_mb, profile.latency_budget_ms, profile.size_budget_mb
     record = {"device": profile.name, "model": model, **extra}
     record.update({k: raw[k] for k in REQUIRED_KEYS if k in raw and k not in ("device", "model")})
     record.update(
@@ -29,6 +29,8 @@ def make_record(raw: dict, profile: Profile, model: str, **extra) -> dict:
         latency_budget_ms=lat_budget or None,
         over_budget=bool(mem_budget) and raw["peak_rss_mb"] > mem_budget,
         over_latency_budget=bool(lat_budget) and raw["latency_ms"]["p50"] > lat_budget,
+        size_budget_mb=size_budget or None,
+        over_size_budget=bool(size_budget) and raw["model_bytes"] / 1e6 > size_budget,
         throttled=raw.get("throttled"),
     )
     record.update({k: v for k, v in raw.items() if k not in record})

@@ -44,6 +44,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "budget": {
         "memory_mb": Field("number", 0, help="peak RSS allowed for the model's process; 0 = no budget", minimum=0),
         "latency_ms": Field("number", 0, help="p50 latency allowed; 0 = no budget", minimum=0),
+        "size_mb": Field("number", 0, help="size of the model file shipped (MB, 1e6 bytes); 0 = no budget", minimum=0),
     },
     "benchmark": {
         "warmup": Field("int", 10, minimum=0),
@@ -68,6 +69,7 @@ class Profile:
     allow_spinning: bool
     memory_budget_mb: float
     latency_budget_ms: float
+    size_budget_mb: float
     warmup: int
     runs: int
     shapes: dict
@@ -103,6 +105,7 @@ def parse_profile(data: dict, where: str) -> Profile:
         inter_op_threads=ort["inter_op_threads"], execution_providers=tuple(ort["execution_providers"]),
         graph_optimization_level=ort["graph_optimization_level"], allow_spinning=ort["allow_spinning"],
         memory_budget_mb=budget["memory_mb"], latency_budget_ms=budget["latency_ms"],
+        size_budget_mb=budget["size_mb"],
         warmup=bench["warmup"], runs=bench["runs"], shapes=bench["shapes"], runner=runner, source=where,
     )
 

@@ -8,7 +8,7 @@ Constraints (a candidate is *eligible* when it meets all of them):
 - accuracy drop vs the dense model at most ``max_drop`` points (the fine-tuned accuracy
   when the candidate was fine-tuned, else the accuracy after normalization re-estimation);
 - a verified export (zeros kept, onnxruntime agrees with torch);
-- on every ranked device: a bench record, within the profile's memory and latency budgets.
+- on every ranked device: a bench record, within the profile's memory, latency and size budgets.
 
 Choice rule (``chosen``), stable across re-runs:
 
@@ -135,7 +135,9 @@ def _device_metrics(bench: dict | None) -> dict | None:
             "cpu_only": list(bench.get("execution_providers") or [CPU_PROVIDER]) == [CPU_PROVIDER],
             "over_memory_budget": bool(bench.get("over_budget")),
             "over_latency_budget": bool(bench.get("over_latency_budget")),
-            "memory_budget_mb": bench.get("memory_budget_mb"), "latency_budget_ms": bench.get("latency_budget_ms")}
+            "over_size_budget": bool(bench.get("over_size_budget")),
+            "memory_budget_mb": bench.get("memory_budget_mb"), "latency_budget_ms": bench.get("latency_budget_ms"),
+            "size_budget_mb": bench.get("size_budget_mb")}
 
 
 def _device_reasons(device: str, m: dict | None, root: Path, cid: str) -> list[str]:
@@ -146,6 +148,8 @@ def _device_reasons(device: str, m: dict | None, root: Path, cid: str) -> list[s
         reasons.append(f"{device}: peak RSS {m['peak_rss_mb']:.1f} MB > memory budget {m['memory_budget_mb']:g} MB")
     if m["over_latency_budget"]:
         reasons.append(f"{device}: p50 {m['p50_ms']:.3f} ms > latency budget {m['latency_budget_ms']:g} ms")
+    if m["over_size_budget"]:
+        reasons.append(f"{device}: model file {m['model_bytes'] / 1e6:.1f} MB > size budget {m['size_budget_mb']:g} MB")
     return reasons
 
 

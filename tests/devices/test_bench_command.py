@@ -37,12 +37,13 @@ def test_single_file_table_uses_profile_defaults(conv, box, cli):
 
 
 def test_memory_budget_is_a_verdict_not_an_error(tmp_path, conv, cli):
-    tight = write_profile(tmp_path / "tight.toml", budget="memory_mb = 1\nlatency_ms = 1000000\n")
+    tight = write_profile(tmp_path / "tight.toml", budget="memory_mb = 1\nlatency_ms = 1000000\nsize_mb = 1e-6\n")
     result = cli("bench", conv, "--device", tight, "--json")
     assert result.exit_code == 0
     r = json.loads(result.stdout)
     assert r["over_budget"] is True and r["peak_rss_mb"] > 1 and r["memory_budget_mb"] == 1
     assert r["over_latency_budget"] is False and r["latency_budget_ms"] == 1000000
+    assert r["over_size_budget"] is (r["model_bytes"] > 1) and r["size_budget_mb"] == 1e-6
     assert "OVER BUDGET" in cli("bench", conv, "--device", tight).stdout
 
 

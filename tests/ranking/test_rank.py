@@ -70,17 +70,21 @@ def test_rank_is_stable_and_objective_size_picks_the_smallest(run_copy):
     assert ranking["chosen"] == min(eligible, key=lambda r: (r["bytes"]["compact"], -r["accuracy"], r["cid"]))["cid"]
 
 
-def test_device_budget_excludes_a_candidate_with_its_reason(run_copy):
+@pytest.mark.parametrize("verdict, budget", [
+    ({"over_latency_budget": True}, "latency budget"),
+    ({"over_size_budget": True, "size_budget_mb": 0.01}, "size budget"),
+])
+def test_device_budget_excludes_a_candidate_with_its_reason(run_copy, verdict, budget):
     chosen = load(run_copy / "ranking.json")["chosen"]
     path = run_copy / "candidates" / chosen / "bench" / "host.json"
     record = load(path)
-    record.update(over_latency_budget=True, latency_budget_ms=record["latency_ms"]["p50"] / 2)
+    record.update(latency_budget_ms=record["latency_ms"]["p50"] / 2, **verdict)
     path.write_text(json.dumps(record))
     result = cli("rank", run_copy)
     assert result.exit_code == 0, result.output
     ranking = load(run_copy / "ranking.json")
     row = next(r for r in ranking["candidates"] if r["cid"] == chosen)
-    assert not row["eligible"] and "latency budget" in row["reason"] and row["rank"] is None
+    assert not row["eligible"] and budget in row["reason"] and row["rank"] is None
     assert ranking["chosen"] not in (None, chosen)
 
 
