@@ -123,9 +123,8 @@ class RunConfig:
             if isinstance(values[key], str):
                 values[key] = split_list(values[key])
             values[key] = tuple(values[key])
-        for key in ("targets",):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
+        if "targets" in values:
+            values["targets"] = tuple(float(v) for v in values["targets"])
         try:
             return cls(**values)
         except TypeError as exc:

@@ -68,6 +68,6 @@ def masks_from_zeros(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.T
 
 def measured_sparsity(params: dict[str, torch.Tensor]) -> tuple[dict[str, float], float]:
     """Zero fraction per layer and over all of them."""
-    per_layer = {name: float((p == 0).sum()) / p.numel() for name, p in params.items()}
-    zeros = sum(int((p == 0).sum()) for p in params.values())
-    return per_layer, zeros / max(sum(p.numel() for p in params.values()), 1)
+    zeros = {name: int((p == 0).sum()) for name, p in params.items()}
+    per_layer = {name: zeros[name] / p.numel() for name, p in params.items()}
+    return per_layer, sum(zeros.values()) / max(sum(p.numel() for p in params.values()), 1)

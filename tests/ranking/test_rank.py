@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from mixprune import ranking as rk
 from mixprune.config import QUICK_DEFAULTS
 
-from .conftest import cli, load
+from .conftest import cli, heavy_imports, load
 
 
 def shipped_accuracy(eval_record):
@@ -135,12 +133,7 @@ def test_report_is_self_contained_and_names_the_choice(quick_run):
 
 def test_rank_does_not_import_torch(quick_run, tmp_path):
     copy = shutil.copytree(quick_run, tmp_path / "c")
-    code = ("import sys; from mixprune.cli import main\n"
-            f"try: main(['rank', {str(copy)!r}])\nexcept SystemExit as e: assert e.code == 0, e.code\n"
-            "print(sorted(m for m in ('torch', 'timm', 'onnx') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert heavy_imports(["rank", str(copy)], ("torch", "timm", "onnx")) == []
 
 
 # --- the choice rule on synthetic records (no models) -----------------------------------

@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from .conftest import cli, load
+from .conftest import cli, heavy_imports, load
 
 
 def release(run, *args):
@@ -140,9 +138,4 @@ def test_release_best_needs_a_ranking(run_copy, tmp_path):
 
 
 def test_verify_imports_only_numpy_and_onnxruntime(bundle):
-    code = ("import sys; from mixprune.cli import main\n"
-            f"try: main(['verify', {str(bundle)!r}])\nexcept SystemExit as e: assert e.code == 0, e.code\n"
-            "print(sorted(m for m in ('torch', 'timm', 'onnx', 'matplotlib', 'sklearn') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert heavy_imports(["verify", str(bundle)], ("torch", "timm", "onnx", "matplotlib", "sklearn")) == []
