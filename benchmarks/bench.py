@@ -83,7 +83,8 @@ def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> di
         raise RunDirError(f"{root} has no exported model (no model.onnx); run `mixprune export {root}` first")
     skipped = sorted(set(dirs) - set(todo))
     if skipped:
-        say(f"not exported yet, skipped: {', '.join(skipped)}")
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        say(f"{len(skipped)} not exported yet, skipped: {shown}")
     records = {}
     with progress_bar() as progress:
         counter = Counter(progress, f"Benchmarking on {profile.name}", total=len(todo), every=1)

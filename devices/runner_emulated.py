@@ -18,7 +18,7 @@ from .fields import Field
 from .runners import AGENT, register_runner
 from .runner_local import LocalRunner
 
-SETUP_SCRIPT = "devices/emulation/setup_rootfs.sh"
+SETUP_SCRIPT = Path(__file__).parent / "emulation" / "setup_rootfs.sh"  # shipped in the wheel too
 
 
 def default_rootfs() -> str:
@@ -52,7 +52,7 @@ class EmulatedRunner(LocalRunner):
         python = rootfs / self.options["python"].lstrip("/")
         if not python.is_file():
             raise DeviceError(f"no arm64 rootfs with {self.options['python']} at {rootfs}; "
-                              f"build it with `{SETUP_SCRIPT} {rootfs}`")
+                              f"build it with `bash {SETUP_SCRIPT} {rootfs}`")
         # -L: the guest's absolute paths resolve inside the rootfs first, then on the host,
         # so the agent and the model are read from where they are.
         return [qemu, "-L", str(rootfs), str(python), str(AGENT), str(model), "--json-config", config_json]

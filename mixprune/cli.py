@@ -111,6 +111,8 @@ def _explicit(ctx, **values):
               help="Extra timm constructor argument, e.g. patch_size=4 (repeatable).")
 @click.option("--img-size", type=int, help="Input image size.  [default: 32]")
 @click.option("--train-epochs", type=int, help="Epochs to train the dense model when no checkpoint is given.  [default: 15]")
+@click.option("--train-lr", type=float,
+              help="Adam learning rate for that training.  [default: the model family's rule table: 1e-3; ViT/Swin 3e-4 with warmup and cosine decay]")
 @click.option("--signals", help="Comma list of magnitude,gradient,product.  [default: all three]")
 @click.option("--baselines", help="Matched global baselines: comma list of mag,snip,grasp,uniform.  [default: mag,snip,grasp]")
 @click.option("--targets", callback=_ratio_list, help="Global sparsities of the range-finding runs.  [default: 0.7,0.8,0.9]")

@@ -33,7 +33,7 @@ class RunConfig:
     batch_size: int = 64
     # dense training (only without a checkpoint)
     train_epochs: int = 15
-    train_lr: float = 1e-3
+    train_lr: float | None = None  # None: the model family's rule table ([training] lr)
     # pruning
     calib_fraction: float = 0.10
     signals: tuple = SIGNALS
@@ -85,6 +85,8 @@ class RunConfig:
         for name in ("train_epochs", "finetune_epochs", "finetune_top", "finetune_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.train_lr is not None and self.train_lr <= 0:
+            raise ConfigError(f"--train-lr must be > 0, got {self.train_lr}")
         if self.batch_size < 1 or self.img_size < 8:
             raise ConfigError("--batch-size must be >= 1 and --img-size >= 8")
         if self.objective not in OBJECTIVES:

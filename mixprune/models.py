@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import hashlib
 from pathlib import Path
 
 from .compat import import_timm
@@ -162,13 +163,13 @@ def load_weights(model, path: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def save_weights(model_or_state, path: str | Path) -> None:
-    """Write a state dict as safetensors, atomically."""
-    from safetensors.torch import save_file
+def save_weights(model_or_state, path: str | Path) -> str:
+    """Write a state dict as safetensors, atomically; return the file's sha256 (no re-read)."""
+    from safetensors.torch import save
 
-    from .runs import atomic_path
+    from .runs import atomic_write_bytes
 
     state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
+    data = save({k: v.detach().contiguous().cpu() for k, v in state.items()})
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()

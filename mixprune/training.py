@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import torch
@@ -56,6 +57,20 @@ def recalibrate_batchnorm(model, dataset, batch_size: int = 128, description: st
     return True
 
 
+def lr_factor(total_steps: int, warmup: float, schedule: str) -> Callable[[int], float]:
+    """The multiplier of the base rate at each step: linear warmup, then constant or cosine."""
+    warmup_steps = int(warmup * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
+        return 1.0
+
+    return factor
+
+
 def train(
     model,
     train_set,
@@ -66,16 +81,22 @@ def train(
     seed: int = 0,
     weight_decay: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    warmup: float = 0.0,
+    schedule: str = "constant",
     tune_set=None,
     patience: int | None = None,
     description: str = "train",
 ) -> dict:
     """Adam training; optional hook after every step (mask re-application) and early stopping.
 
-    With ``tune_set`` and ``patience`` the best epoch by tune accuracy is restored, and
-    training stops after ``patience`` epochs without gain.
+    ``warmup`` (a fraction of all steps) ramps the rate up linearly; ``schedule`` "cosine"
+    then decays it to 0 over the remaining steps. With ``tune_set`` and ``patience`` the
+    best epoch by tune accuracy is restored, and training stops after ``patience`` epochs
+    without gain.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(epochs * math.ceil(len(train_set) / batch_size), warmup, schedule))
     loss_fn = torch.nn.CrossEntropyLoss()
     history = []
     best_acc, best_state, stale = -1.0, None, 0
@@ -88,6 +109,7 @@ def train(
             loss = loss_fn(model(images), labels)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             if after_step is not None:
                 after_step()
             running += loss.item() * int(labels.numel())

@@ -25,7 +25,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _RULE_KEYS = {"name", "roles", "max_params", "min_params", "name_regex", "min", "max", "priority"}
-_TABLE_KEYS = {"name", "extends", "models", "strategies", "rules"}
+_TABLE_KEYS = {"name", "extends", "models", "strategies", "rules", "training"}
+# [training]: how to train the dense model from scratch for this family (prune without a checkpoint)
+_TRAINING_KEYS = {"lr": ((int, float), "a number"), "batch_size": (int, "an integer"),
+                  "warmup": ((int, float), "a number"), "schedule": (str, "a string")}
+SCHEDULES = ("constant", "cosine")
+TRAINING_DEFAULTS = {"lr": 1e-3, "batch_size": 64, "warmup": 0.0, "schedule": "constant"}  # as generic.toml
 MAX_RATIO = 0.99
 
 
@@ -57,10 +62,11 @@ class RuleTable:
     strategies: tuple
     rules: tuple  # sorted by priority
     source: str
+    training: dict = dataclasses.field(default_factory=dict)  # lr, batch_size, warmup, schedule
 
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "strategies": list(self.strategies),
-                "rules": [dataclasses.asdict(r) for r in self.rules]}
+                "rules": [dataclasses.asdict(r) for r in self.rules], "training": self.training}
 
 
 def _parse_rule(raw, where: str) -> Rule:
@@ -96,6 +102,22 @@ def _parse_rule(raw, where: str) -> Rule:
                 name_regex=raw.get("name_regex"))
 
 
+def _check_training(raw, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table ([training])")
+    unknown = sorted(set(raw) - set(_TRAINING_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(_TRAINING_KEYS)})")
+    for key, (types, what) in _TRAINING_KEYS.items():
+        if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], types)):
+            raise ConfigError(f"{where}.{key} must be {what}, got {raw[key]!r}")
+    if raw.get("lr", 1.0) <= 0 or raw.get("batch_size", 1) < 1 or not 0.0 <= raw.get("warmup", 0.0) < 1.0:
+        raise ConfigError(f"{where}: lr must be > 0, batch_size >= 1 and warmup (a fraction of the steps) in [0, 1)")
+    if raw.get("schedule", "constant") not in SCHEDULES:
+        raise ConfigError(f"{where}.schedule must be one of {', '.join(SCHEDULES)}")
+    return raw
+
+
 def _read_table(text: str, source: str) -> dict:
     try:
         raw = tomllib.loads(text)
@@ -108,6 +130,7 @@ def _read_table(text: str, source: str) -> dict:
         raise ConfigError(f"rule table {source}: 'name' must be a string")
     if not isinstance(raw.get("rules", []), list):
         raise ConfigError(f"rule table {source}: 'rules' must be an array of tables ([[rules]])")
+    _check_training(raw.get("training", {}), f"rule table {source}: training")
     raw["parsed_rules"] = [_parse_rule(r, f"rule table {source}: rules[{i}]") for i, r in enumerate(raw.get("rules", []))]
     raw["source"] = source
     return raw
@@ -131,15 +154,16 @@ def _resolve(raw: dict, known: dict[str, dict]) -> RuleTable:
                               f"(known tables: {', '.join(sorted(known))})")
         seen.add(parent_name)
         chain.append(known[parent_name])
-    rules, strategies = {}, None
-    for table in reversed(chain):  # the child overrides same-named rules of its parent
+    rules, strategies, training = {}, None, dict(TRAINING_DEFAULTS)
+    for table in reversed(chain):  # the child overrides same-named rules and training keys of its parent
         rules.update({rule.name: rule for rule in table["parsed_rules"]})
         strategies = table.get("strategies", strategies)
+        training.update(table.get("training", {}))
     if not strategies:
         raise ConfigError(f"rule table {raw['source']}: no 'strategies' list (and none inherited)")
     ordered = tuple(sorted(rules.values(), key=lambda r: r.priority))
     return RuleTable(name=raw["name"], models=tuple(raw.get("models", [])), strategies=tuple(strategies),
-                     rules=ordered, source=raw["source"])
+                     rules=ordered, source=raw["source"], training=training)
 
 
 def list_tables() -> list[RuleTable]:

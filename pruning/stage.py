@@ -119,11 +119,13 @@ def dense_stage(ws: Workspace) -> dict:
     cfg = ws.config
     training = None
     if not cfg.checkpoint and not cfg.pretrained:
-        say(f"training dense {cfg.model} for {cfg.train_epochs} epochs")
+        recipe = {**ws.table.training, **({"lr": cfg.train_lr} if cfg.train_lr is not None else {})}
+        say(f"training dense {cfg.model} for {cfg.train_epochs} epochs (Adam, {ws.table.name} recipe: "
+            + ", ".join(f"{k} {v}" for k, v in recipe.items()) + ")")
         torch.manual_seed(cfg.seed)
-        training = train(ws.model, ws.splits.train, epochs=cfg.train_epochs, lr=cfg.train_lr,
-                         batch_size=cfg.batch_size, seed=cfg.seed, tune_set=ws.splits.tune,
-                         description="dense training")
+        training = train(ws.model, ws.splits.train, epochs=cfg.train_epochs, seed=cfg.seed, tune_set=ws.splits.tune,
+                         description="dense training", **recipe)
+        training["recipe"] = recipe
     accuracy = evaluate(ws.model, ws.splits.val, description="dense accuracy")
     save_weights(ws.model, dense / "weights.safetensors")
     record = {"accuracy": accuracy, "accuracy_raw": accuracy, "accuracy_finetuned": None,
@@ -205,10 +207,6 @@ def _measure(ws: Workspace, label: str) -> tuple[float, float, bool]:
     return evaluate(ws.model, ws.splits.val, description=f"{label}: accuracy after BN"), raw, True
 
 
-def _weights_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def prune_candidate(ws: Workspace, plan: CandidatePlan, dense_weights: dict, score_cache: dict) -> dict:
     out = ws.run.candidate_dir(plan.cid)
     ws.model.load_state_dict(ws.dense_state)
@@ -217,7 +215,7 @@ def prune_candidate(ws: Workspace, plan: CandidatePlan, dense_weights: dict, sco
     masklib.apply_masks(params, masks)
     measured, global_sparsity = masklib.measured_sparsity(params)
     accuracy, accuracy_raw, recalibrated = _measure(ws, plan.cid)
-    save_weights(ws.model, out / "weights.safetensors")
+    weights_sha256 = save_weights(ws.model, out / "weights.safetensors")
     targets = plan.ratios if plan.ratios is not None else masklib.mask_ratios(masks)
     strategy = {
         "cid": plan.cid, "kind": plan.kind, "signal": plan.signal, "strategy": plan.strategy,
@@ -236,7 +234,7 @@ def prune_candidate(ws: Workspace, plan: CandidatePlan, dense_weights: dict, sco
     atomic_write_json(out / "strategy.json", strategy)
     record = {"accuracy": accuracy, "accuracy_raw": accuracy_raw, "accuracy_finetuned": None,
               "samples": len(ws.splits.val), "recalibrated": recalibrated, "finetune": None,
-              "weights_sha256": _weights_sha256(out / "weights.safetensors")}
+              "weights_sha256": weights_sha256}
     atomic_write_json(out / "eval.json", record)
     return record
 
@@ -259,17 +257,18 @@ def finetune_candidate(ws: Workspace, cid: str) -> dict:
         return record
     weights = out / "weights.safetensors"
     load_weights(ws.model, weights)
-    if _weights_sha256(weights) == record["weights_sha256"]:
+    weights_sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if weights_sha256 == record["weights_sha256"]:
         cfg = ws.config
         torch.manual_seed(cfg.seed + zlib.crc32(cid.encode()))
         history = finetune(ws.model, ws.params, ws.splits.train, ws.splits.tune, epochs=cfg.finetune_epochs,
                            lr=cfg.finetune_lr, patience=cfg.finetune_patience, batch_size=cfg.batch_size,
                            seed=cfg.seed, description=f"fine-tune {cid}")
-        save_weights(ws.model, weights)
+        weights_sha256 = save_weights(ws.model, weights)
     else:  # killed after the fine-tuned weights landed but before eval.json: just measure them
         history = {"resumed": True}
     record.update(accuracy_finetuned=evaluate(ws.model, ws.splits.val, description=f"{cid}: accuracy"),
-                  finetune=history, weights_sha256=_weights_sha256(weights))
+                  finetune=history, weights_sha256=weights_sha256)
     atomic_write_json(out / "eval.json", record)
     return record
 

@@ -1,5 +1,7 @@
 """Models, checkpoints, data and bad input: one clear line, exit code 2, nothing written."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -102,9 +104,12 @@ def test_image_folder_dataset(tmp_path):
     assert tuple(image.shape) == (3, 16, 16) and label in (0, 1)
     result = invoke("prune", "--model", "test_resnet", "--data", tmp_path / "data", "--img-size", "16",
                     "--train-epochs", "2", "--finetune-epochs", "0", "--signals", "magnitude",
-                    "--baselines", "mag", "--calib-fraction", "0.25", "--out", tmp_path / "run")
+                    "--baselines", "mag", "--calib-fraction", "0.25", "--train-lr", "5e-4", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "run" / "candidates").glob("mm-magnitude-*/eval.json"))) == 10
+    training = json.loads((tmp_path / "run" / "dense" / "eval.json").read_text())["training"]
+    assert training["recipe"] == {"lr": 5e-4, "batch_size": 64, "warmup": 0.0, "schedule": "constant"}
+    assert training["epochs_run"] == 2
 
 
 @pytest.mark.parametrize("args, phrase", [
@@ -114,6 +119,7 @@ def test_image_folder_dataset(tmp_path):
     (["--targets", "0.7,abc"], "comma-separated numbers"),
     (["--calib-fraction", "0.0001"], "is empty"),
     (["--signals", "magnitude,vibes"], "unknown signal"),
+    (["--train-lr", "0"], "--train-lr must be > 0"),
 ])
 def test_bad_input_leaves_nothing_behind(tmp_path, args, phrase):
     out = tmp_path / "run"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from devices_helpers import DIM, need, write_profile
 
-from mixprune.devices.runner_emulated import default_rootfs
+from mixprune.devices.runner_emulated import SETUP_SCRIPT, default_rootfs
 
 
 @pytest.mark.slow
@@ -42,4 +42,4 @@ def test_missing_rootfs_is_one_clear_line(tmp_path, conv, cli):
     profile = write_profile(tmp_path / "p.toml", runner=f'kind = "emulated"\nrootfs = "{missing}"\n')
     result = cli("bench", conv, "--device", profile)
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert f"build it with `devices/emulation/setup_rootfs.sh {missing}`" in result.stderr
+    assert f"build it with `bash {SETUP_SCRIPT} {missing}`" in result.stderr and SETUP_SCRIPT.is_file()

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def check_contract(run: Path, *, within_ranges: bool):
         for key in ("accuracy", "accuracy_raw", "accuracy_finetuned", "samples"):
             assert key in record
         assert 0.0 <= record["accuracy"] <= 1.0 and record["samples"] > 0
+        weights_file = run / "candidates" / cid / "weights.safetensors"
+        assert record["weights_sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest(), cid
     return candidates
 
 

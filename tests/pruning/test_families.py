@@ -31,6 +31,8 @@ def test_family_prunes_within_contract(tmp_path, model):
         embed = next(e for name, e in ranges.items() if name.startswith("patch_embed"))
         assert embed["max"] <= 0.30  # the patch embedding band, or the small-layer cap where it is tiny
         assert record["rule_table"] == model.split("_")[0]
+    recipe = json.loads((run / "dense" / "eval.json").read_text())["training"]["recipe"]
+    assert recipe["schedule"] == ("cosine" if model.startswith(("vit", "swin")) else "constant")
     # layer-wise candidates differ from one another in how they spread the zeros
     layers = {json.dumps(c["strategy"]["layers"], sort_keys=True) for c in candidates.values()
               if c["strategy"]["kind"] == "mixmatch" and c["strategy"]["signal"] == "magnitude"}

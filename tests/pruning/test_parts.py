@@ -9,6 +9,7 @@ from mixprune.pruning import masks as masklib
 from mixprune.pruning.ranges import get_table, layer_ranges
 from mixprune.pruning.roles import Layer, discover_layers
 from mixprune.pruning.strategies import STRATEGIES, shift_to_sparsity
+from mixprune.training import lr_factor
 
 FAMILIES = {
     "resnet18": {},
@@ -65,6 +66,26 @@ def test_family_tables_are_chosen_by_model_name():
                                   "generic": "convnext_atto"}[table_name]).strategies)) == 10
 
 
+def test_family_training_recipes_inherit_and_override(tmp_path):
+    assert get_table("resnet18").training == {"lr": 1e-3, "batch_size": 64, "warmup": 0.0, "schedule": "constant"}
+    assert get_table("vit_tiny_patch16_224").training == {"lr": 3e-4, "batch_size": 16, "warmup": 0.1, "schedule": "cosine"}
+    assert get_table("swin_tiny_patch4_window7_224").training["schedule"] == "cosine"
+    path = tmp_path / "mine.toml"
+    path.write_text('name = "mine"\nextends = "vit"\n[training]\nlr = 1e-4\n')
+    assert get_table("anything", str(path)).training == {"lr": 1e-4, "batch_size": 16, "warmup": 0.1, "schedule": "cosine"}
+    path.write_text('name = "bare"\nstrategies = ["min"]\n')  # extends nothing: the generic recipe
+    assert get_table("anything", str(path)).training == get_table("convnext_atto").training
+
+
+def test_learning_rate_warms_up_then_decays():
+    factor = lr_factor(total_steps=100, warmup=0.1, schedule="cosine")
+    assert [round(factor(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert factor(10) == 1.0 and 0.49 < factor(55) < 0.51 and factor(99) < 0.001
+    assert all(factor(s) >= factor(s + 1) for s in range(10, 99))
+    constant = lr_factor(total_steps=100, warmup=0.0, schedule="constant")
+    assert {constant(s) for s in range(100)} == {1.0}
+
+
 @pytest.mark.parametrize("text, field", [
     ('name = "x"\nextends = "generic"\n[[rules]]\nname = "r"\nmax = 1.5\n', "rules[0].max"),
     ('name = "x"\nextends = "generic"\n[[rules]]\nname = "r"\nmaxx = 0.5\n', "maxx"),
@@ -73,6 +94,10 @@ def test_family_tables_are_chosen_by_model_name():
     ('name = [1]\n', "'name' must be a string"),
     ('name = "x"\nrules = 3\n', "'rules' must be an array"),
     ('this is not toml', "not valid TOML"),
+    ('name = "x"\nextends = "generic"\n[training]\nlr = -1\n', "lr must be > 0"),
+    ('name = "x"\nextends = "generic"\n[training]\nbatch_size = 1.5\n', "batch_size must be an integer"),
+    ('name = "x"\nextends = "generic"\n[training]\nschedule = "step"\n', "schedule must be one of constant, cosine"),
+    ('name = "x"\nextends = "generic"\n[training]\nmomentum = 0.9\n', "unknown field\\(s\\) momentum"),
 ])
 def test_malformed_rule_table_names_the_problem(tmp_path, text, field):
     path = tmp_path / "rules.toml"
