@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from mixprune.config import RunConfig
+from mixprune.pruning.ranges import get_table
 from mixprune.pruning.stage import run_prune
 from mixprune.runs import atomic_write_bytes, atomic_write_json, package_versions
 
@@ -100,9 +101,10 @@ def aggregate(results: list[dict]) -> list[dict]:
             best_base = [min((d for d in (drop(r["dense"], r["baselines"][m][stage]) for m in ("mag", "snip", "grasp"))
                               if d is not None), default=None) for r in runs]
             best_drop = mean(best_base)
-            # a ratio of drops means something only when the best baseline actually lost accuracy
+            # a ratio of drops means something only when the best baseline actually lost accuracy;
+            # a candidate at or above dense then counts as a drop of 0 (ratio 0)
             row[stage] = dict(mixmatch_drop=mm, baseline_drops=per, best_baseline_drop=best_drop,
-                              ratio_vs_best_baseline=(round(mm / best_drop, 2)
+                              ratio_vs_best_baseline=(round(max(mm, 0.0) / best_drop, 2)
                                                       if mm is not None and best_drop and best_drop > 0 else None))
         row["best_strategies"] = sorted({r["best_mixmatch"]["cid"] for r in runs})
         rows.append(row)
@@ -125,7 +127,8 @@ def table(rows: list[dict]) -> str:
 def save(record: dict, out: Path, with_table: bool) -> None:
     """Summary and settings cover every model in the record, not only the ones run this time."""
     models = {r["model"] for r in record["runs"]}
-    study = {k: dict(v["config"], sparsities=v["sparsities"]) for k, v in {**STUDY, **SMOKE}.items() if k in models}
+    study = {k: dict(v["config"], sparsities=v["sparsities"], dense_recipe=get_table(v["config"]["model"]).training)
+             for k, v in {**STUDY, **SMOKE}.items() if k in models}
     record.update(summary=aggregate(record["runs"]), versions=package_versions(),
                   settings=dict(common=COMMON, study=study))
     atomic_write_json(out, record)
