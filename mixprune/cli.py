@@ -371,8 +371,8 @@ def verify(bundle):
 @click.option("--objective", type=click.Choice(["latency", "size", "memory"]), default=None,
               help="What the choice minimizes.  [default: latency]")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory.  [default: runs/<model>-<data>]")
-@click.option("--img-size", type=int, help="Input image size.  [default: 16]")
-@click.option("--train-epochs", type=int, help="Dense training epochs (without --checkpoint).  [default: 4]")
+@click.option("--img-size", type=int, help="Input image size.  [default: 32]")
+@click.option("--train-epochs", type=int, help="Dense training epochs (without --checkpoint).  [default: 15]")
 @click.option("--signals", help="Comma list of magnitude,gradient,product.  [default: all three]")
 @click.option("--sparsity", type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")
 @click.option("--finetune-epochs", type=int, help="Fine-tune epochs.  [default: 1]")

@@ -1,5 +1,6 @@
 """`mixprune export` end to end on tiny run directories: records, artifacts, skip logic, errors."""
 
+import gzip
 import hashlib
 import json
 
@@ -51,6 +52,8 @@ def test_every_family_exports_with_zeros_kept_and_parity(build_run, family):
     assert rec["parity"]["max_abs_diff"] <= 1e-4 and rec["parity"]["top1_agreement"] == 1.0
     assert rec["parity"]["samples"] == 64
     assert rec["bytes"]["compact"] < rec["bytes"]["gzip"] < rec["bytes"]["onnx"]
+    onnx_bytes = (run / "candidates" / "mag80" / "model.onnx").read_bytes()  # dense storage: the same file
+    assert rec["bytes"]["gzip"] == len(gzip.compress(onnx_bytes, compresslevel=6, mtime=0))
     assert rec["bytes"]["sparse"] < rec["bytes"]["onnx"]
     assert rec["verified"]
 

@@ -54,7 +54,9 @@ def test_toml_holds_flags_and_flags_win(tmp_path):
     assert presets == (RUN_DEFAULTS, QUICK_DEFAULTS)
     config = RunConfig.build(str(toml), presets, objective="memory")
     assert (config.model, config.max_drop, config.devices, config.objective) == ("test_resnet", 2.5, ("host", "rpi4"), "memory")
-    assert RunConfig.build(None, run_presets(None, {})).train_epochs == RUN_DEFAULTS["train_epochs"]
+    plain = RunConfig.build(None, run_presets(None, {}))  # run without --quick: prune's training, less fine-tuning
+    assert (plain.img_size, plain.train_epochs) == (RunConfig.img_size, RunConfig.train_epochs)
+    assert (plain.finetune_epochs, plain.recal_samples) == (RUN_DEFAULTS["finetune_epochs"], RUN_DEFAULTS["recal_samples"])
 
 
 @pytest.mark.slow
