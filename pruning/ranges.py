@@ -30,7 +30,6 @@ _TABLE_KEYS = {"name", "extends", "models", "strategies", "rules", "training"}
 _TRAINING_KEYS = {"lr": ((int, float), "a number"), "batch_size": (int, "an integer"),
                   "warmup": ((int, float), "a number"), "schedule": (str, "a string")}
 SCHEDULES = ("constant", "cosine")
-TRAINING_DEFAULTS = {"lr": 1e-3, "batch_size": 64, "warmup": 0.0, "schedule": "constant"}  # as generic.toml
 MAX_RATIO = 0.99
 
 
@@ -154,7 +153,8 @@ def _resolve(raw: dict, known: dict[str, dict]) -> RuleTable:
                               f"(known tables: {', '.join(sorted(known))})")
         seen.add(parent_name)
         chain.append(known[parent_name])
-    rules, strategies, training = {}, None, dict(TRAINING_DEFAULTS)
+    # every table starts from generic.toml's full [training] recipe, even one that extends nothing
+    rules, strategies, training = {}, None, dict(known["generic"]["training"])
     for table in reversed(chain):  # the child overrides same-named rules and training keys of its parent
         rules.update({rule.name: rule for rule in table["parsed_rules"]})
         strategies = table.get("strategies", strategies)
