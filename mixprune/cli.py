@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from .config import OBJECTIVES, STORAGES
 from .errors import MixpruneError
 
 
@@ -157,7 +158,7 @@ def prune(ctx, config_file, resume, **flags):
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--candidate", "candidates", multiple=True, metavar="CID",
               help="Export only this candidate ('dense' for the dense model); repeatable. Default: all.")
-@click.option("--storage", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+@click.option("--storage", type=click.Choice(STORAGES), default="dense", show_default=True,
               help="What model.onnx holds: plain initializers, or sparse_initializers (smaller file; "
                    "onnxruntime densifies them at load).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim (it is also skipped whenever it loses zeros or grows the file).")
@@ -291,7 +292,7 @@ def bench(target, device, runs, warmup, threads, shapes, as_json):
               help="Largest accuracy drop vs the dense model, in points (1.0 = one percentage point).")
 @click.option("--device", "devices", multiple=True, metavar="NAME",
               help="Rank on this device's bench records (repeatable). Default: every benchmarked device.")
-@click.option("--objective", type=click.Choice(["latency", "size", "memory"]), default="latency", show_default=True,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="latency", show_default=True,
               help="What the choice minimizes: p50 latency, compact file size or peak RSS.")
 def rank(run_dir, max_drop, devices, objective):
     """Rank every candidate of RUN_DIR (matched baselines included) and choose one to ship.
@@ -368,7 +369,7 @@ def verify(bundle):
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Trained weights; without it the dense model is trained first.")
 @click.option("--devices", help="Comma list of device profiles to benchmark on, e.g. host,rpi4.  [default: host]")
 @click.option("--max-drop", type=float, help="Largest accuracy drop vs dense, in points.  [default: 1.0]")
-@click.option("--objective", type=click.Choice(["latency", "size", "memory"]), default=None,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
               help="What the choice minimizes.  [default: latency]")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory.  [default: runs/<model>-<data>]")
 @click.option("--img-size", type=int, help="Input image size.  [default: 32]")
@@ -378,7 +379,7 @@ def verify(bundle):
 @click.option("--finetune-epochs", type=int, help="Fine-tune epochs.  [default: 1]")
 @click.option("--finetune-top", type=int, help="Fine-tune the best K candidates and their matched baselines.  [default: 1]")
 @click.option("--export-top", type=int, help="Export and bench the K best candidates within --max-drop.  [default: 3]")
-@click.option("--storage", type=click.Choice(["dense", "sparse"]), default=None,
+@click.option("--storage", type=click.Choice(STORAGES), default=None,
               help="What model.onnx (and the bundle) holds.  [default: dense]")
 @click.option("--bench-runs", type=int, help="Timed runs per model [default: the device profile's].")
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
