@@ -1,32 +1,15 @@
-"""Typed fields of a TOML table, validated with messages that name the bad field."""
+"""Typed fields of a device profile's TOML tables, validated with messages that name the bad field.
+
+The checking itself is mixprune.settings (shared with run configs and rule tables); this
+module adds DeviceError, the ``'section.key'`` naming of profile fields and the shapes kind.
+"""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from mixprune.errors import DeviceError
+from mixprune.settings import REQUIRED, Field, Kind, check
 
-REQUIRED = object()
-
-_KINDS = {
-    "str": ("a string", lambda v: isinstance(v, str)),
-    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
-    "bool": ("true or false", lambda v: isinstance(v, bool)),
-    "str_list": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
-    "shapes": ("a table of input name = \"1x3x224x224\"", lambda v: isinstance(v, dict)),
-}
-
-
-@dataclass(frozen=True)
-class Field:
-    kind: str
-    default: object = REQUIRED
-    help: str = ""
-    minimum: float | None = None
-    choices: tuple[str, ...] | None = None
-    pattern: str | None = None
+__all__ = ["REQUIRED", "Field", "SHAPES", "parse_dims", "validate"]
 
 
 def parse_dims(text: str) -> list[int]:
@@ -37,23 +20,11 @@ def parse_dims(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
-def _check(name: str, field: Field, value, where: str):
-    what, ok = _KINDS[field.kind]
-    bad = not ok(value)
-    if not bad and field.minimum is not None and value < field.minimum:
-        what, bad = f"{what} >= {field.minimum:g}", True
-    if not bad and field.choices is not None and value not in field.choices:
-        what, bad = f"one of {', '.join(field.choices)}", True
-    if not bad and field.pattern is not None and not re.fullmatch(field.pattern, value):
-        what, bad = f"{what} matching {field.pattern}", True
-    if bad:
-        raise DeviceError(f"{where}: field '{name}' must be {what}, got {value!r}")
-    if field.kind == "shapes":
-        try:
-            return {str(k): parse_dims(str(v)) for k, v in value.items()}
-        except ValueError as exc:
-            raise DeviceError(f"{where}: field '{name}': {exc}") from exc
-    return value
+def _shapes(value: dict) -> dict[str, list[int]]:
+    return {str(k): parse_dims(str(v)) for k, v in value.items()}
+
+
+SHAPES = Kind('a table of input name = "1x3x224x224"', lambda v: isinstance(v, dict), "tables", convert=_shapes)
 
 
 def validate(table: dict, fields: dict[str, Field], where: str, prefix: str = "") -> dict:
@@ -61,15 +32,4 @@ def validate(table: dict, fields: dict[str, Field], where: str, prefix: str = ""
 
     Unknown keys are errors too, so a typo never silently falls back to a default.
     """
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise DeviceError(f"{where}: unknown field '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
-    values = {}
-    for name, field in fields.items():
-        if name in table:
-            values[name] = _check(prefix + name, field, table[name], where)
-        elif field.default is REQUIRED:
-            raise DeviceError(f"{where}: missing field '{prefix}{name}' ({field.help or field.kind})")
-        else:
-            values[name] = field.default
-    return values
+    return check(table, fields, f"{where}: ", label=lambda name: f"'{prefix}{name}'", error=DeviceError)

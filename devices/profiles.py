@@ -8,19 +8,14 @@ malformed file is reported with the name of the bad field.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mixprune.errors import DeviceError
+from mixprune.settings import read_toml
 
-from .fields import Field, validate
+from .fields import SHAPES, Field, validate
 from .runners import Runner, get_runner, list_runners
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -49,7 +44,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "benchmark": {
         "warmup": Field("int", 10, minimum=0),
         "runs": Field("int", 100, minimum=1),
-        "shapes": Field("shapes", {}, help='sizes for dynamic input dims, e.g. {input = "1x3x224x224"}'),
+        "shapes": Field(SHAPES, {}, help='sizes for dynamic input dims, e.g. {input = "1x3x224x224"}'),
     },
 }
 
@@ -83,19 +78,14 @@ class Profile:
 
 def parse_profile(data: dict, where: str) -> Profile:
     """Validate one parsed TOML document; ``where`` names it in error messages."""
-    sections = {k: v for k, v in data.items() if isinstance(v, dict)}
-    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    unknown = sorted(set(sections) - set(SCHEMA) - {"runner"})
-    if unknown:
-        known = [k for k in SCHEMA if k] + ["runner"]
-        raise DeviceError(f"{where}: unknown section [{unknown[0]}] (known: {', '.join(known)})")
-    v = {"": validate(top, SCHEMA[""], where)}
-    for section in ("onnxruntime", "budget", "benchmark"):
-        v[section] = validate(sections.get(section, {}), SCHEMA[section], where, prefix=f"{section}.")
-    runner_table = sections.get("runner", {"kind": "local"})
-    kind = runner_table.get("kind")
-    if not isinstance(kind, str) or kind not in list_runners():
-        raise DeviceError(f"{where}: field 'runner.kind' must be one of {', '.join(list_runners())}, got {kind!r}")
+    layout = {**SCHEMA[""], **{section: Field("table", {}, note=f"a [{section}] section") for section in SCHEMA if section},
+              "runner": Field("table", {"kind": "local"}, note="a [runner] section")}
+    document = validate(data, layout, where)
+    v = {section: validate(document[section], SCHEMA[section], where, prefix=f"{section}.") for section in SCHEMA if section}
+    v[""] = {key: document[key] for key in SCHEMA[""]}
+    runner_table = document["runner"]
+    kinds = {"kind": Field("str", choices=tuple(list_runners()))}
+    kind = validate({"kind": runner_table["kind"]} if "kind" in runner_table else {}, kinds, where, prefix="runner.")["kind"]
     runner_cls = get_runner(kind)
     runner = runner_cls(validate(runner_table, runner_cls.fields, where, prefix="runner."))
     top, ort, budget, bench = v[""], v["onnxruntime"], v["budget"], v["benchmark"]
@@ -130,13 +120,7 @@ def load_profile(ref: str | os.PathLike) -> Profile:
         if not path.is_file():
             raise DeviceError(f"unknown device '{ref}'; built-in devices: {', '.join(builtin_names())} "
                               "(or give the path of your own profile .toml; see `mixprune devices show host`)")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DeviceError(f"cannot read device profile {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise DeviceError(f"device profile {path} is not valid TOML: {exc}") from exc
-    return parse_profile(data, str(path))
+    return parse_profile(read_toml(path, "device profile", DeviceError), str(path))
 
 
 def builtin_profiles() -> list[Profile]:

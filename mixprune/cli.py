@@ -24,7 +24,9 @@ class MixpruneGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted; finished work is kept, continue with --resume.", err=True)
+            resumable = ctx.invoked_subcommand in ("prune", "run")
+            click.echo("Interrupted; finished work is kept" + (", continue with --resume." if resumable else "."),
+                       err=True)
             ctx.exit(130)
 
 

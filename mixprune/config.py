@@ -1,22 +1,24 @@
-"""One typed RunConfig, from command-line flags or a TOML file (flags win)."""
+"""One typed RunConfig, from command-line flags or a TOML file (flags win).
+
+FIELDS says what each setting may hold; mixprune.settings checks the TOML file, the flags
+and the merged RunConfig against it, so a bad value fails before anything is written,
+with one line naming the key (or flag) and what is allowed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 from .errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .settings import Field, check, read_toml
 
 SIGNALS = ("magnitude", "gradient", "product")
 BASELINES = ("mag", "snip", "grasp", "uniform")
 OBJECTIVES = ("latency", "size", "memory")
 STORAGES = ("dense", "sparse")
+# the authors' cap on one layer's ratio when shifting a strategy to a common global sparsity
+# (pruning/strategies.py); a --sparsity at or above it is out of reach for any model
+MAX_SHIFTED_RATIO = 0.98
 
 
 @dataclasses.dataclass
@@ -64,46 +66,10 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        def ratio(name, value):
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {value}")
-
-        for target in self.targets:
-            ratio("each --targets value", target)
-        if not self.targets:
-            raise ConfigError("--targets needs at least one value, e.g. 0.7,0.8,0.9")
-        if self.sparsity is not None:
-            ratio("--sparsity", self.sparsity)
-        if not 0.0 < self.calib_fraction <= 1.0:
-            raise ConfigError(f"--calib-fraction must be in (0, 1], got {self.calib_fraction}")
-        unknown = [s for s in self.signals if s not in SIGNALS]
-        if unknown or not self.signals:
-            raise ConfigError(f"unknown signal(s) {unknown or '(none)'}; choose from {', '.join(SIGNALS)}")
-        unknown = [b for b in self.baselines if b not in BASELINES]
-        if unknown:
-            raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
-        for name in ("train_epochs", "finetune_epochs", "finetune_top", "finetune_patience"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.train_lr is not None and self.train_lr <= 0:
-            raise ConfigError(f"--train-lr must be > 0, got {self.train_lr}")
-        if self.batch_size < 1 or self.img_size < 8:
-            raise ConfigError("--batch-size must be >= 1 and --img-size >= 8")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
-        if self.storage not in STORAGES:
-            raise ConfigError(f"--storage must be one of {', '.join(STORAGES)}, got '{self.storage}'")
-        if self.max_drop < 0:
-            raise ConfigError(f"--max-drop must be >= 0 accuracy points, got {self.max_drop}")
-        if not self.devices:
-            raise ConfigError("--devices needs at least one device profile, e.g. host")
-        if self.export_top < 1 or (self.bench_runs is not None and self.bench_runs < 1) or \
-                (self.bench_warmup is not None and self.bench_warmup < 0):
-            raise ConfigError("--export-top and --bench-runs must be >= 1, --bench-warmup >= 0")
-        if self.mode != "unstructured":
-            raise ConfigError(f"--mode {self.mode} is not available yet; use unstructured")
-        if self.executor != "local":
-            raise ConfigError(f"--executor {self.executor} is not available yet; use local")
+        """Check every field against FIELDS (types and ranges); lists become tuples."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in check(values, FIELDS, fill=False).items():
+            setattr(self, name, value)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -114,42 +80,84 @@ class RunConfig:
 
     @classmethod
     def build(cls, toml_file: str | None = None, presets: tuple = (), **flags) -> "RunConfig":
-        """Defaults, then ``presets`` (dicts, in order), then the TOML file, then explicitly given flags."""
+        """Defaults, then ``presets`` (dicts, in order), then the TOML file, then explicitly given flags.
+
+        The TOML file and the flags are checked on their own first, so a bad value is named
+        as the user gave it (``targets`` in run.toml, ``--targets`` on the command line).
+        """
         values = {}
         for preset in presets:
             values.update(preset)
         values.update(load_toml(toml_file) if toml_file else {})
-        values.update({k: v for k, v in flags.items() if v is not None})
-        tuple_fields = {f.name for f in dataclasses.fields(cls) if f.type == "tuple"}
-        for key in tuple_fields & set(values):
-            if isinstance(values[key], str):
-                values[key] = split_list(values[key])
-            values[key] = tuple(values[key])
-        if "targets" in values:
-            values["targets"] = tuple(float(v) for v in values["targets"])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"bad configuration: {exc}") from exc
+        values.update(check({k: v for k, v in flags.items() if v is not None}, FIELDS,
+                            label=flag_label, noun="flag", fill=False))
+        return cls(**values)
 
 
-def split_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+FIELDS: dict[str, Field] = {
+    "model": Field("str"),
+    "data": Field("str"),
+    "img_size": Field("int", range=">= 8"),
+    "checkpoint": Field("str", optional=True),
+    "pretrained": Field("bool"),
+    "pretrained_file": Field("str", optional=True),
+    "model_args": Field("table", note="timm constructor arguments, e.g. {patch_size = 4}"),
+    "seed": Field("int", range=">= 0"),
+    "batch_size": Field("int", range=">= 1"),
+    "train_epochs": Field("int", range=">= 0"),
+    "train_lr": Field("number", range="> 0", optional=True),
+    "calib_fraction": Field("number", range="(0, 1]"),
+    "signals": Field("names", choices=SIGNALS, nonempty=True),
+    "baselines": Field("names", choices=BASELINES),
+    "targets": Field("numbers", range="[0, 1)", nonempty=True),
+    "sparsity": Field("number", range=f"[0, {MAX_SHIFTED_RATIO})", optional=True,
+                      note=f"every layer is capped at {MAX_SHIFTED_RATIO:.0%}"),
+    "rules": Field("str", optional=True),
+    "recalibrate": Field("bool"),
+    "recal_samples": Field("int", range=">= 1"),
+    "finetune_epochs": Field("int", range=">= 0"),
+    "finetune_top": Field("int", range=">= 0"),
+    "finetune_lr": Field("number", range="> 0"),
+    "finetune_patience": Field("int", range=">= 0"),
+    "out": Field("str", optional=True),
+    "devices": Field("names", nonempty=True, note="device profile names or .toml files, e.g. host"),
+    "max_drop": Field("number", range=">= 0", note="accuracy points"),
+    "objective": Field("str", choices=OBJECTIVES),
+    "storage": Field("str", choices=STORAGES),
+    "export_top": Field("int", range=">= 1"),
+    "bench_runs": Field("int", range=">= 1", optional=True),
+    "bench_warmup": Field("int", range=">= 0", optional=True),
+    "quick": Field("bool"),
+    "mode": Field("str", choices=("unstructured",), note="structured and both are not available yet"),
+    "executor": Field("str", choices=("local",), note="ray is not available yet"),
+}
+assert set(FIELDS) == RunConfig.field_names(), "FIELDS and RunConfig disagree"
+
+# The command-line flag of each field, where `prune` or `run` has one: --img-size for img_size
+# unless named here. CONFIG_ONLY fields have no flag; they are set in a --config file.
+FLAG_NAMES = {"model_args": "--model-arg", "recalibrate": "--no-recalibrate"}
+CONFIG_ONLY = frozenset({"batch_size", "recal_samples", "finetune_patience", "bench_warmup"})
+
+
+def flag_label(name: str) -> str:
+    """How a value given as a flag (or a Python keyword) is named in messages."""
+    if name in CONFIG_ONLY or name not in FIELDS:
+        return name
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
 def load_toml(path: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    """The settings of a --config file, checked against FIELDS (keys may use - or _)."""
+    where = f"config file {path}: "
+    raw = read_toml(path, "config file")
+    spelled = {}
+    for key in raw:
+        name = key.replace("-", "_")
+        if name in spelled:
+            raise ConfigError(f"{where}{spelled[name]} and {key} are the same key; keep one")
+        spelled[name] = key
     values = {key.replace("-", "_"): value for key, value in raw.items()}
-    unknown = sorted(set(values) - RunConfig.field_names())
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
-    return values
+    return check(values, FIELDS, where, label=lambda name: spelled.get(name, name), noun="key", fill=False)
 
 
 # `mixprune run` trains like `prune` (32x32, 15 epochs) but fine-tunes less, to keep the whole
@@ -182,9 +190,11 @@ def resolve_resume(toml_file: str | None, explicit: dict, presets: tuple = ()) -
         return RunConfig.build(toml_file, presets, **explicit)
     stored = run.load().get("config", {})
     requested = RunConfig.build(toml_file, **explicit).to_dict() if (explicit or toml_file) else {}
-    given = set(explicit) | (set(load_toml(toml_file)) if toml_file else set())
-    clashes = sorted(k for k in given if k in stored and requested.get(k) != stored[k])
+    from_file = set(load_toml(toml_file)) if toml_file else set()
+    names = {k: flag_label(k) for k in explicit}  # a flag wins over the same key in the file
+    names.update({k: f"{k} in {toml_file}" for k in from_file - set(explicit)})
+    clashes = sorted(label for k, label in names.items() if k in stored and requested.get(k) != stored[k])
     if clashes:
         raise ConfigError(f"--resume: {', '.join(clashes)} differ from the run in {out}; "
-                          f"drop those flags or start a new run with another --out")
+                          f"drop those settings or start a new run with another --out")
     return RunConfig.build(**{k: v for k, v in stored.items() if k in RunConfig.field_names()})

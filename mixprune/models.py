@@ -78,7 +78,7 @@ def build_model(spec: ModelSpec, *, pretrained: bool = False, pretrained_file: s
         if pretrained and not pretrained_file:
             raise ModelError(
                 f"cannot load pretrained weights for '{spec.name}' (no network access to the "
-                f"model hub?): pass --pretrained-file FILE with a local copy, or --checkpoint FILE"
+                f"model hub?): pass --pretrained-file FILE (pretrained_file in a --config file) with a local copy, or --checkpoint FILE"
             ) from exc
         raise ModelError(f"cannot build '{spec.name}' with {kwargs}: {_first_line(exc)}") from exc
     except TypeError as exc:

@@ -11,26 +11,44 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-import sys
 from importlib import resources
-from pathlib import Path
 
 from mixprune.errors import ConfigError
+from mixprune.settings import OMIT, Field, check, parse_toml, read_toml
 
-from .roles import Layer
+from .roles import ROLE_PATTERNS, Layer
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-_RULE_KEYS = {"name", "roles", "max_params", "min_params", "name_regex", "min", "max", "priority"}
-_TABLE_KEYS = {"name", "extends", "models", "strategies", "rules", "training"}
-# [training]: how to train the dense model from scratch for this family (prune without a checkpoint)
-_TRAINING_KEYS = {"lr": ((int, float), "a number"), "batch_size": (int, "an integer"),
-                  "warmup": ((int, float), "a number"), "schedule": (str, "a string")}
 SCHEDULES = ("constant", "cosine")
 MAX_RATIO = 0.99
+# every role pruning/roles.py gives a layer ("norm" for tables that name normalization layers)
+ROLES = tuple(role for role, _ in ROLE_PATTERNS) + ("classifier", "stem", "depthwise", "conv", "linear", "norm")
+
+# What a rule table may hold; mixprune.settings checks a table against these.
+TABLE_FIELDS = {
+    "name": Field("str", help="the table's name"),
+    "extends": Field("str", OMIT),
+    "models": Field("str_list", OMIT, note="timm name patterns such as 'resnet*'"),
+    "strategies": Field("str_list", OMIT, nonempty=True),
+    "rules": Field("tables", OMIT, note="[[rules]] sections"),
+    "training": Field("table", OMIT, note="a [training] section"),
+}
+RULE_FIELDS = {
+    "name": Field("str", help="the rule's name, a string"),
+    "roles": Field("str_list", (), choices=ROLES),
+    "max_params": Field("int", None, range=">= 0"),  # matches layers with fewer parameters
+    "min_params": Field("int", None, range=">= 0"),
+    "name_regex": Field("regex", None),
+    "min": Field("number", 0.0, range=f"[0, {MAX_RATIO}]"),
+    "max": Field("number", MAX_RATIO, range=f"[0, {MAX_RATIO}]"),
+    "priority": Field("int", 0),
+}
+# [training]: how to train the dense model from scratch for this family (prune without a checkpoint)
+TRAINING_FIELDS = {
+    "lr": Field("number", OMIT, range="> 0"),
+    "batch_size": Field("int", OMIT, range=">= 1"),
+    "warmup": Field("number", OMIT, range="[0, 1)", note="a fraction of all steps"),
+    "schedule": Field("str", OMIT, choices=SCHEDULES),
+}
 
 
 @dataclasses.dataclass
@@ -68,71 +86,35 @@ class RuleTable:
                 "rules": [dataclasses.asdict(r) for r in self.rules], "training": self.training}
 
 
-def _parse_rule(raw, where: str) -> Rule:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a table")
-    unknown = sorted(set(raw) - _RULE_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_RULE_KEYS))})")
-    if not isinstance(raw.get("name"), str):
-        raise ConfigError(f"{where}.name must be a string")
-    for key in ("min", "max"):
-        value = raw.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or not 0.0 <= value <= MAX_RATIO):
-            raise ConfigError(f"{where}.{key} must be a number in [0, {MAX_RATIO}], got {value!r}")
-    lo, hi = float(raw.get("min", 0.0)), float(raw.get("max", MAX_RATIO))
-    if lo > hi:
-        raise ConfigError(f"{where}: min {lo} is above max {hi}")
-    if not isinstance(raw.get("priority", 0), int):
-        raise ConfigError(f"{where}.priority must be an integer")
-    roles = raw.get("roles", [])
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise ConfigError(f"{where}.roles must be a list of role names")
-    for key in ("max_params", "min_params"):
-        if key in raw and not isinstance(raw[key], int):
-            raise ConfigError(f"{where}.{key} must be an integer")
-    if "name_regex" in raw:
-        try:
-            re.compile(raw["name_regex"])
-        except (re.error, TypeError) as exc:
-            raise ConfigError(f"{where}.name_regex is not a valid regular expression: {exc}") from exc
-    return Rule(name=raw["name"], priority=raw.get("priority", 0), lo=lo, hi=hi, roles=tuple(roles),
-                max_params=raw.get("max_params"), min_params=raw.get("min_params"),
-                name_regex=raw.get("name_regex"))
+def _parse_rule(raw, where: str, index: int) -> Rule:
+    v = check(raw, RULE_FIELDS, where, label=lambda key: f"rules[{index}].{key}")
+    if v["min"] > v["max"]:
+        raise ConfigError(f"{where}rules[{index}]: min {v['min']} is above max {v['max']}")
+    return Rule(name=v["name"], priority=v["priority"], lo=float(v["min"]), hi=float(v["max"]), roles=v["roles"],
+                max_params=v["max_params"], min_params=v["min_params"], name_regex=v["name_regex"])
 
 
 def _check_training(raw, where: str) -> dict:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a table ([training])")
-    unknown = sorted(set(raw) - set(_TRAINING_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(_TRAINING_KEYS)})")
-    for key, (types, what) in _TRAINING_KEYS.items():
-        if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], types)):
-            raise ConfigError(f"{where}.{key} must be {what}, got {raw[key]!r}")
-    if raw.get("lr", 1.0) <= 0 or raw.get("batch_size", 1) < 1 or not 0.0 <= raw.get("warmup", 0.0) < 1.0:
-        raise ConfigError(f"{where}: lr must be > 0, batch_size >= 1 and warmup (a fraction of the steps) in [0, 1)")
-    if raw.get("schedule", "constant") not in SCHEDULES:
-        raise ConfigError(f"{where}.schedule must be one of {', '.join(SCHEDULES)}")
-    return raw
+    return check(raw, TRAINING_FIELDS, f"{where}[training] ", fill=False)
 
 
 def _read_table(text: str, source: str) -> dict:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"rule table {source} is not valid TOML: {exc}") from exc
-    unknown = sorted(set(raw) - _TABLE_KEYS)
+    return _check_table(parse_toml(text, f"rule table {source}"), source)
+
+
+def _check_table(raw: dict, source: str) -> dict:
+    where = f"rule table {source}: "
+    from .strategies import STRATEGIES  # registered strategies, plugins included
+
+    table = check(raw, TABLE_FIELDS, where, label=lambda key: f"'{key}'")
+    unknown = [name for name in table.get("strategies", ()) if name not in STRATEGIES]
     if unknown:
-        raise ConfigError(f"rule table {source}: unknown field(s) {', '.join(unknown)}")
-    if not isinstance(raw.get("name"), str):
-        raise ConfigError(f"rule table {source}: 'name' must be a string")
-    if not isinstance(raw.get("rules", []), list):
-        raise ConfigError(f"rule table {source}: 'rules' must be an array of tables ([[rules]])")
-    _check_training(raw.get("training", {}), f"rule table {source}: training")
-    raw["parsed_rules"] = [_parse_rule(r, f"rule table {source}: rules[{i}]") for i, r in enumerate(raw.get("rules", []))]
-    raw["source"] = source
-    return raw
+        raise ConfigError(f"{where}'strategies' values must be strategy names ({', '.join(STRATEGIES.names())}), "
+                          f"got {unknown[0]!r}")
+    table["training"] = _check_training(table.get("training", {}), where)
+    table["parsed_rules"] = [_parse_rule(r, where, i) for i, r in enumerate(table.get("rules", ()))]
+    table["source"] = source
+    return table
 
 
 def _builtin_raw_tables() -> dict[str, dict]:
@@ -175,10 +157,7 @@ def get_table(model_name: str, rules_file: str | None = None) -> RuleTable:
     """The user's table when given, else the most specific built-in table for the model."""
     known = _builtin_raw_tables()
     if rules_file:
-        path = Path(rules_file)
-        if not path.is_file():
-            raise ConfigError(f"rule table {path} does not exist")
-        return _resolve(_read_table(path.read_text(), str(path)), known)
+        return _resolve(_check_table(read_toml(rules_file, "rule table"), str(rules_file)), known)
     family = [raw for _, raw in sorted(known.items()) if raw["name"] != "generic"
               and any(fnmatch.fnmatch(model_name, pattern) for pattern in raw.get("models", []))]
     return _resolve(family[0] if family else known["generic"], known)

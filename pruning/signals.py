@@ -97,7 +97,7 @@ def calibrate(model, calibration_set, weight_names: list[str], batch_size: int =
             hg[name] += (up - down) / (2.0 * r)
         batches += 1
     if batches == 0:
-        raise DataError("the calibration set is empty; raise --calib-fraction or use more training data")
+        raise DataError("the calibration set is empty; raise --calib-fraction (calib_fraction in a --config file) or use more training data")
     model.train(was_training)
     return {"grad": grad, "hg": hg}
 

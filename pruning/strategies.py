@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from mixprune.config import MAX_SHIFTED_RATIO  # the 98% cap; config refuses a --sparsity at or above it
 from mixprune.errors import ConfigError
 from mixprune.registry import Registry
 
@@ -17,7 +18,6 @@ from .roles import Layer
 
 StrategyFn = Callable[[list[Layer], dict], dict[str, float]]
 STRATEGIES: Registry[StrategyFn] = Registry("strategy")
-MAX_SHIFTED_RATIO = 0.98  # the authors' cap when shifting to a common global sparsity
 
 
 def _at(ranges: dict, name: str, alpha: float) -> float:

@@ -114,11 +114,12 @@ def test_image_folder_dataset(tmp_path):
 
 @pytest.mark.parametrize("args, phrase", [
     (["--data", "no/such/folder"], "does not exist"),
-    (["--sparsity", "1.2"], "--sparsity must be in [0, 1)"),
+    (["--sparsity", "1.2"], "--sparsity must be in [0, 0.98)"),
+    (["--sparsity", "0.99"], "--sparsity must be in [0, 0.98)"),  # the per-layer cap, refused before training
     (["--targets", "0.7,1.0"], "must be in [0, 1)"),
     (["--targets", "0.7,abc"], "comma-separated numbers"),
     (["--calib-fraction", "0.0001"], "is empty"),
-    (["--signals", "magnitude,vibes"], "unknown signal"),
+    (["--signals", "magnitude,vibes"], "--signals values must be one of magnitude, gradient, product"),
     (["--train-lr", "0"], "--train-lr must be > 0"),
 ])
 def test_bad_input_leaves_nothing_behind(tmp_path, args, phrase):
