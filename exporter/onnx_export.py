@@ -106,7 +106,7 @@ def _describe(exc: Exception) -> str:
     text = str(exc)
     match = _OP_RE.search(text)
     if match:
-        return f"operator {match.group(1)} is not supported (try another --opset, up to 20, or a model without it)"
+        return f"operator {match.group(1)} is not supported (try `mixprune export --opset N`, 13-20, or a model without it)"
     return first_line(exc)
 
 

@@ -29,7 +29,7 @@ from .audit import audit, prunable_names
 from .onnx_export import canonicalize_zeros, export_onnx, io_spec
 from .simplify import simplify_guarded
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the audit matches no weight to a tensor that does not hold it (records of 1 may)
 ONNX_FILE = "model.onnx"
 COMPACT_FILE = ONNX_FILE + compact.SUFFIX
 RECORD_FILE = "export.json"
@@ -169,6 +169,9 @@ def export_model(model_dir: Path, spec: ModelSpec, samples: torch.Tensor, option
         "negative_zeros_canonicalized": negative_zeros,
         "zeros_torch": zeros["zeros_torch"],
         "zeros_onnx": zeros["zeros_onnx"],
+        "zeros_onnx_distinct": zeros["zeros_onnx_distinct"],
+        "zeros_onnx_counting": zeros["zeros_onnx_counting"],
+        "shared_onnx": zeros["shared_onnx"],
         "prunable_params": zeros["prunable_params"],
         "sparsity": zeros["zeros_torch"] / max(zeros["prunable_params"], 1),
         "sparsity_preserved": zeros["sparsity_preserved"],
