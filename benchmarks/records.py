@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mixprune.devices.profiles import Profile
 
-# The keys DESIGN.md promises (bench/<device>.json and `mixprune bench --json`), in print order.
+# The keys ARCHITECTURE.md promises (bench/<device>.json and `mixprune bench --json`), in print order.
 REQUIRED_KEYS = (
     "device", "model", "latency_ms", "cold_start_ms", "peak_rss_mb", "model_bytes", "model_gzip_bytes",
     "runs", "warmup", "threads", "onnxruntime_version", "emulated",

@@ -7,7 +7,7 @@ line it prints on stdout:
 
     python agent.py MODEL.onnx --json-config '{"runs": 100, "warmup": 10, "intra_op_threads": 4}'
 
-Success: the record (see DESIGN.md "bench" keys) and exit code 0. Failure: one line
+Success: the record (see ARCHITECTURE.md "bench" keys) and exit code 0. Failure: one line
 ``{"error": "<message>"}`` and exit code 2, so every transport reports the same way.
 
 Order of measurement: baseline RSS (interpreter + numpy + onnxruntime imported), session

@@ -8,7 +8,7 @@ benchmark run), and ranking and release are cheap and deterministic.
 
 To fit the time budget, `run` exports and benchmarks only the ``export_top`` best
 candidates that pass the accuracy constraint (``max_drop``); the others stay in the
-ranking with their reason. "Best" uses what is known before export: accuracy for the
+ranking with their reason. "Best" uses what is known before export: tune accuracy for the
 latency and memory objectives (unstructured candidates all run at the dense model's speed
 on onnxruntime's CPU provider, so accuracy decides among them), global sparsity for the
 size objective. `mixprune export` / `bench` on the directory still do every candidate.
@@ -23,7 +23,8 @@ from pathlib import Path
 from .config import RunConfig
 from .errors import ConfigError
 from .progress import say
-from .ranking import accuracy_of, rank_run
+from .accuracy import SELECTION_SPLIT, accuracy_of
+from .ranking import rank_run
 from .runs import RunDir, read_json
 
 
@@ -50,10 +51,10 @@ def prepare_out(root: Path, resume: bool, force: bool) -> None:
 
 def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[str, str]]:
     """The candidates `run` exports, and a note for each one within --max-drop it leaves out."""
-    dense = read_json(run.dense_dir / "eval.json")["accuracy"]
+    dense, _ = accuracy_of(read_json(run.dense_dir / "eval.json"), SELECTION_SPLIT)
     passing = []
     for cid in run.candidate_ids():
-        accuracy, _ = accuracy_of(read_json(run.candidate_dir(cid) / "eval.json"))
+        accuracy, _ = accuracy_of(read_json(run.candidate_dir(cid) / "eval.json"), SELECTION_SPLIT)
         sparsity = read_json(run.candidate_dir(cid) / "strategy.json")["global_sparsity"]
         if (dense - accuracy) * 100 <= config.max_drop + 1e-9:
             passing.append((cid, accuracy, sparsity))
@@ -62,7 +63,7 @@ def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[s
         proxy = "global sparsity"
     else:
         passing.sort(key=lambda c: (-c[1], c[0]))
-        proxy = "accuracy"
+        proxy = "tune accuracy"
     chosen = [c[0] for c in passing[: config.export_top]]
     note = (f"not exported by `mixprune run` (it exports the {config.export_top} best by {proxy} within --max-drop, "
             f"--export-top); run `mixprune export {run.root} --candidate CID`, bench, then `mixprune rank`")

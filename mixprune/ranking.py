@@ -5,8 +5,10 @@ never stage code, and imports neither torch nor onnx.
 
 Constraints (a candidate is *eligible* when it meets all of them):
 
-- accuracy drop vs the dense model at most ``max_drop`` points (the fine-tuned accuracy
-  when the candidate was fine-tuned, else the accuracy after normalization re-estimation);
+- accuracy drop vs the dense model at most ``max_drop`` points on the tune split (the
+  fine-tuned accuracy when the candidate was fine-tuned, else the accuracy after
+  normalization re-estimation); every choice is made on the tune split, and the held-out
+  accuracy of what was chosen is what gets reported (mixprune/accuracy.py);
 - a verified export (zeros kept, onnxruntime agrees with torch);
 - on every ranked device: a bench record, within the profile's memory, latency and size budgets.
 
@@ -23,7 +25,7 @@ Choice rule (``chosen``), stable across re-runs:
    provider, latency and memory are ties *by construction* (no sparse kernels: the same
    dense kernels run whatever the zeros), and so are emulated timings, which say that a
    model runs, not how fast.
-3. Ties go to the higher accuracy, then the smaller compact size, then the candidate id.
+3. Ties go to the higher tune accuracy, then the smaller compact size, then the candidate id.
 
 Emulated and real timings never meet: each device is ranked on its own records, and the
 choice is made on a real device whenever one is ranked.
@@ -35,6 +37,7 @@ import difflib
 import math
 from pathlib import Path
 
+from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
 from .config import OBJECTIVES
 from .errors import MixpruneError, RunDirError
 from .report import write_report
@@ -45,9 +48,10 @@ RANKING_FILE = "ranking.json"
 LATENCY_NOISE_FLOOR = 0.05  # relative
 MEMORY_NOISE_MB, MEMORY_NOISE_FLOOR = 1.0, 0.02
 CPU_PROVIDER = "CPUExecutionProvider"
-RULE = ("eligible = accuracy drop <= max_drop points, verified export, within every device's memory and "
-        "latency budgets; chosen = the best objective value on the choice device (first real device), values "
-        "within measured noise tied, ties broken by higher accuracy, then smaller compact size, then id")
+RULE = ("eligible = accuracy drop on the tune split <= max_drop points, verified export, within every device's "
+        "memory and latency budgets; chosen = the best objective value on the choice device (first real device), "
+        "values within measured noise tied, ties broken by higher tune accuracy, then smaller compact size, then id; "
+        "the held-out accuracy only reports")
 
 
 class NoEligibleCandidate(MixpruneError):
@@ -119,13 +123,6 @@ def _check_stages(records: dict, devices: list[str]) -> None:
 
 
 # --- metrics and constraints --------------------------------------------------------------
-def accuracy_of(eval_record: dict) -> tuple[float, str]:
-    """The accuracy a candidate ships with, and which measurement it is."""
-    if eval_record.get("accuracy_finetuned") is not None:
-        return eval_record["accuracy_finetuned"], "finetuned"
-    return eval_record["accuracy"], "pruned" + (" + BN re-estimated" if eval_record.get("recalibrated") else "")
-
-
 def _device_metrics(bench: dict | None) -> dict | None:
     if bench is None:
         return None
@@ -153,14 +150,16 @@ def _device_reasons(device: str, m: dict | None, root: Path, cid: str) -> list[s
     return reasons
 
 
-def candidate_row(cid: str, rec: dict, dense_accuracy: float, max_drop: float, devices: list[str],
+def candidate_row(cid: str, rec: dict, dense: dict, max_drop: float, devices: list[str],
                   root: Path, export_note: str | None) -> dict:
+    """``dense``: the dense model's eval.json. Eligibility uses the tune split, ``accuracy`` reports held-out."""
     strategy, export = rec["strategy"], rec["export"]
-    accuracy, source = accuracy_of(rec["eval"])
-    drop = (dense_accuracy - accuracy) * 100
+    accuracy, source = accuracy_of(rec["eval"], REPORT_SPLIT)
+    tune_accuracy, _ = accuracy_of(rec["eval"], SELECTION_SPLIT)
+    tune_drop = (accuracy_of(dense, SELECTION_SPLIT)[0] - tune_accuracy) * 100
     reasons = []
-    if drop > max_drop + 1e-9:
-        reasons.append(f"accuracy drop {drop:.2f} > {max_drop:g} points")
+    if tune_drop > max_drop + 1e-9:
+        reasons.append(f"accuracy drop {tune_drop:.2f} > {max_drop:g} points on the tune split")
     if export is None:
         reasons.append(export_note or f"not exported (run `mixprune export {root} --candidate {cid}`)")
     elif not export.get("verified"):
@@ -176,8 +175,10 @@ def candidate_row(cid: str, rec: dict, dense_accuracy: float, max_drop: float, d
         "cid": cid, "kind": strategy["kind"], "signal": strategy["signal"], "strategy": strategy["strategy"],
         "mode": strategy.get("mode", "unstructured"),
         "global_sparsity": strategy["global_sparsity"], "baselines": strategy.get("baselines", []),
-        "accuracy": accuracy, "accuracy_source": source, "drop_points": round(drop, 4),
-        "accuracy_pruned": rec["eval"]["accuracy"],
+        "accuracy": accuracy, "accuracy_source": source,
+        "drop_points": round((accuracy_of(dense, REPORT_SPLIT)[0] - accuracy) * 100, 4),
+        "tune_accuracy": tune_accuracy, "tune_drop_points": round(tune_drop, 4),
+        "accuracy_pruned": rec["eval"]["accuracy"], "tune_accuracy_pruned": rec["eval"]["tune_accuracy"],
         "bytes": (export or {}).get("bytes"), "storage": (export or {}).get("storage"),
         "verified": bool(export and export.get("verified")),
         "devices": per_device, "eligible": not reasons,
@@ -226,19 +227,19 @@ def choice_order(rows: list[dict], objective: str, device: str, bands: dict) -> 
 
     def key(r):
         value = best if r["cid"] in tied else _objective_value(r, objective, device)
-        return (value, -r["accuracy"], r["bytes"]["compact"], r["cid"])
+        return (value, -r["tune_accuracy"], r["bytes"]["compact"], r["cid"])
 
     return sorted(rows, key=key), len(tied)
 
 
 def pareto_front(rows: list[dict], device: str, bands: dict) -> list[str]:
-    """Candidates no other dominates on (accuracy up; p50, peak RSS, compact bytes down).
+    """Candidates no other dominates on (tune accuracy up; p50, peak RSS, compact bytes down).
 
     Latency and memory count as better or worse only beyond their noise band.
     """
     def metrics(r):
         m = r["devices"][device]
-        return r["accuracy"], m["p50_ms"], m["peak_rss_mb"], r["bytes"]["compact"]
+        return r["tune_accuracy"], m["p50_ms"], m["peak_rss_mb"], r["bytes"]["compact"]
 
     def dominates(a, b):
         (acc_a, lat_a, rss_a, b_a), (acc_b, lat_b, rss_b, b_b) = metrics(a), metrics(b)
@@ -269,9 +270,9 @@ def speed_note(device: str, rows: list[dict], bands: dict) -> str:
 
 
 def _no_choice_message(rows: list[dict], max_drop: float) -> str:
-    best = sorted(rows, key=lambda r: (-r["accuracy"], r["cid"]))[:3]
+    best = sorted(rows, key=lambda r: (-r["tune_accuracy"], r["cid"]))[:3]
     excluded = "; ".join(f"{r['cid']}: {r['reasons'][0]}" for r in best)
-    hint = (f"raise --max-drop to at least {best[0]['drop_points']:.2f}" if best[0]["drop_points"] > max_drop
+    hint = (f"raise --max-drop to at least {best[0]['tune_drop_points']:.2f}" if best[0]["tune_drop_points"] > max_drop
             else "relax the device budgets, or export and bench these candidates")
     return f"no eligible candidate; the most accurate are excluded by: {excluded}; {hint}"
 
@@ -284,8 +285,9 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
     devices = list(dict.fromkeys(devices)) or benched_devices(records)
     _check_stages(records, devices)
     root = records["root"]
-    dense_accuracy = records["dense"]["eval"]["accuracy"]
-    rows = [candidate_row(cid, rec, dense_accuracy, max_drop, devices, root, (export_notes or {}).get(cid))
+    dense_eval = records["dense"]["eval"]
+    dense_accuracy = dense_eval["accuracy"]
+    rows = [candidate_row(cid, rec, dense_eval, max_drop, devices, root, (export_notes or {}).get(cid))
             for cid, rec in records["models"].items()]
     for device in devices:
         emulated = {m["emulated"] for r in rows if (m := r["devices"][device])["benched"]}
@@ -312,17 +314,18 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
     for r in rows:
         r["rank"] = order[r["cid"]] + 1 if r["cid"] in order else None
         r["pareto"] = [d for d in devices if r["cid"] in fronts[d]]
-    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, -r["accuracy"], r["cid"]))
+    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, -r["tune_accuracy"], r["cid"]))
     chosen = ordered[0] if ordered else None
     return {
         "format": FORMAT_VERSION,
         "model": records["run"].get("model", {}).get("name"),
-        "objective": objective, "max_drop": max_drop, "rule": RULE,
-        "dense": {"accuracy": dense_accuracy, "bytes": (records["dense"]["export"] or {}).get("bytes"),
+        "objective": objective, "max_drop": max_drop, "rule": RULE, "selection_split": SELECTION_SPLIT,
+        "tune_samples": dense_eval.get("tune_samples"), "samples": dense_eval.get("samples"),
+        "dense": {"accuracy": dense_accuracy, "tune_accuracy": dense_eval["tune_accuracy"], "bytes": (records["dense"]["export"] or {}).get("bytes"),
                   "devices": {d: _device_metrics(records["dense"]["bench"].get(d)) for d in devices}},
         "devices": device_info, "choice_device": choice_device["name"],
         "chosen": chosen["cid"] if chosen else None,
-        "chosen_why": _why(chosen, len(ordered), tied, objective, choice_device, dense_accuracy) if chosen else
+        "chosen_why": _why(chosen, len(ordered), tied, objective, choice_device, dense_eval) if chosen else
         _no_choice_message(rows, max_drop),
         "speed_note": " | ".join(d["speed_note"] for d in device_info),
         "pareto": fronts[choice_device["name"]],
@@ -334,7 +337,7 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
 OBJECTIVE_LABELS = {"latency": "p50 latency", "memory": "peak RSS", "size": "compact size"}
 
 
-def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, dense_accuracy: float) -> str:
+def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, dense: dict) -> str:
     m = chosen["devices"][device["name"]]
     label = OBJECTIVE_LABELS[objective]
     if objective != "size" and (device["same_speed"] or device["emulated"]):
@@ -344,11 +347,12 @@ def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, d
         ties = f"{tied} of {eligible} eligible candidates tie for the best {label} on {device['name']} within measured noise"
     else:
         ties = f"best {label} on {device['name']} of {eligible} eligible candidates"
-    among = "; among them it has the highest accuracy, then the smallest size" if tied > 1 else ""
+    among = "; among them it has the highest tune accuracy, then the smallest size" if tied > 1 else ""
     drop = chosen["drop_points"]
     versus = f"drop {drop:.2f} points" if drop >= 0 else f"{-drop:.2f} points above it"
-    return (f"{chosen['cid']}: {ties}{among}: accuracy {chosen['accuracy']:.4f} (dense {dense_accuracy:.4f}, "
-            f"{versus}), {_pct(chosen['global_sparsity'])} sparsity, "
+    return (f"{chosen['cid']}: {ties}{among}: held-out accuracy {chosen['accuracy']:.4f} (dense "
+            f"{dense['accuracy']:.4f}, {versus}; chosen on the tune split: {chosen['tune_accuracy']:.4f} vs dense "
+            f"{dense['tune_accuracy']:.4f}), {_pct(chosen['global_sparsity'])} sparsity, "
             f"compact {chosen['bytes']['compact'] / 1e6:.2f} MB, p50 {m['p50_ms']:.3f} ms, "
             f"peak RSS {m['peak_rss_mb']:.1f} MB")
 

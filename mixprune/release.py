@@ -12,8 +12,9 @@ names, mode 0644, gzip header without name or time) holding:
 The same inputs give byte-identical bundles. ``verify`` needs only the standard library,
 numpy and onnxruntime: it checks every tar member *before* extracting anything (regular
 files with plain relative names only: no absolute paths, ``..``, links, devices or
-duplicates), extracts into a temporary folder with tarfile's ``data`` filter, compares the
-file set with the manifest, re-hashes every file and runs the model once.
+duplicates), writes their bytes into a temporary folder itself (no tarfile extraction, so
+no dependence on the extraction filters of newer Python patch releases), compares the file
+set with the manifest, re-hashes every file and runs the model once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from .errors import BundleError, RunDirError
-from .ranking import RANKING_FILE, accuracy_of, close_ids
+from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
+from .ranking import RANKING_FILE, close_ids
 from .runs import RunDir, atomic_write_bytes, read_json
 
 FORMAT = "mixprune-bundle"
@@ -49,10 +51,10 @@ def resolve_candidate(run: RunDir, candidate: str) -> tuple[str, dict | None]:
     if candidate == "best":
         if ranking is None:
             raise RunDirError(f"{run.root} has no {RANKING_FILE}; run `mixprune rank {run.root}` first "
-                              f"(or give --candidate CID)")
+                              f"(or give `mixprune release {run.root} --candidate CID`)")
         if ranking["chosen"] is None:
             raise RunDirError(f"{ranking_path} chose no candidate ({ranking['chosen_why']}); "
-                              f"give --candidate CID to release one anyway")
+                              f"give `mixprune release {run.root} --candidate CID` to release one anyway")
         candidate = ranking["chosen"]
     if candidate not in run.candidate_ids():
         raise RunDirError(f"no candidate '{candidate}' in {run.root}{close_ids(candidate, run.candidate_ids())}")
@@ -69,7 +71,7 @@ def build_manifest(run: RunDir, cid: str, ranking: dict | None) -> dict:
     dense = read_json(run.dense_dir / "eval.json", stage_hint="prune")
     bench = {p.stem: read_json(p) for p in sorted((folder / "bench").glob("*.json"))}
     dataset = info.get("dataset", {})
-    accuracy, source = accuracy_of(evaluation)
+    accuracy, source = accuracy_of(evaluation, REPORT_SPLIT)
     ranked = next((r for r in (ranking or {}).get("candidates", []) if r["cid"] == cid), None)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -79,10 +81,12 @@ def build_manifest(run: RunDir, cid: str, ranking: dict | None) -> dict:
                   "verified": export["verified"]},
         "strategy": {k: strategy.get(k) for k in ("kind", "signal", "strategy", "global_sparsity", "layers",
                                                   "baselines", "rule_table")},
-        "accuracy": {"top1": accuracy, "source": source, "dense": dense["accuracy"],
+        "accuracy": {"top1": accuracy, "split": REPORT_SPLIT, "source": source, "dense": dense["accuracy"],
                      "drop_points": round((dense["accuracy"] - accuracy) * 100, 4),
                      "raw": evaluation.get("accuracy_raw"), "finetuned": evaluation.get("accuracy_finetuned"),
-                     "samples": evaluation.get("samples"), "data": info.get("data")},
+                     "samples": evaluation.get("samples"), "data": info.get("data"),
+                     "selection_split": SELECTION_SPLIT, "tune_top1": accuracy_of(evaluation, SELECTION_SPLIT)[0],
+                     "tune_dense": dense["tune_accuracy"], "tune_samples": evaluation.get("tune_samples")},
         "bench": bench,
         "ranking": None if ranking is None else {
             "chosen": ranking["chosen"], "is_chosen": ranking["chosen"] == cid, "objective": ranking["objective"],
@@ -109,7 +113,9 @@ def model_card(manifest: dict) -> str:
         f"to {strat['global_sparsity'] * 100:.1f}% global sparsity (unstructured).",
         "",
         f"- Top-1 accuracy: {acc['top1'] * 100:.2f}% ({acc['source']}), dense model {acc['dense'] * 100:.2f}% "
-        f"(drop {acc['drop_points']:.2f} points) on {acc['samples']} held-out images of {acc['data']['source']}.",
+        f"(drop {acc['drop_points']:.2f} points) on {acc['samples']} held-out images of {acc['data']['source']}; "
+        f"chosen on {acc['tune_samples']} other images (the tune split, {acc['tune_top1'] * 100:.2f}% vs dense "
+        f"{acc['tune_dense'] * 100:.2f}%), so the held-out figure is not biased by the choice.",
         f"- `model.onnx`: {m['bytes']['model_onnx']} bytes, {m['storage']} storage, opset {m['opset']}; "
         f"onnxruntime matches torch within {m['parity']['max_abs_diff']:.1e} (top-1 agreement "
         f"{m['parity']['top1_agreement']:.3f}).",
@@ -225,7 +231,12 @@ def verify(bundle: str | os.PathLike) -> dict:
             members = tar.getmembers()
             for member in members:
                 _check_member(member, seen)
-            tar.extractall(tmp, members=members, filter="data")
+            # every name is now a checked relative path of a regular file: write the bytes ourselves
+            # rather than trust tarfile's extraction filters (filter="data" needs Python 3.10.12 / 3.11.4)
+            for member in members:
+                target = Path(tmp, member.name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
             return _verify_extracted(bundle, Path(tmp), sorted(seen))
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
         raise BundleError(f"{bundle} is not a readable .tar.gz bundle ({exc})") from exc

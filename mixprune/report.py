@@ -56,9 +56,10 @@ def _finish(ax, ranking, rows, x, y, xlabel, title):
         ax.scatter([x(chosen)], [y(chosen)], label=f"chosen: {chosen['cid']}", **CHOSEN)
     dense = ranking["dense"]["accuracy"] * 100
     ax.axhline(dense, color="black", lw=0.8, ls="--", label=f"dense {dense:.1f}%")
-    ax.axhline(dense - ranking["max_drop"], color="grey", lw=0.8, ls=":", label=f"max drop {ranking['max_drop']:g} pt")
+    ax.axhline(dense - ranking["max_drop"], color="grey", lw=0.8, ls=":",
+               label=f"max drop {ranking['max_drop']:g} pt (applied on the tune split)")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("held-out top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     accs = [r["accuracy"] * 100 for r in rows if x(r) is not None]
     floor = dense - max(5.0, 4 * ranking["max_drop"])  # far below the constraint: collapsed, out of view
@@ -180,8 +181,8 @@ def _mb(n) -> str:
 
 def _candidate_table(ranking: dict) -> str:
     devices = [d["name"] for d in ranking["devices"]]
-    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>kind</th><th>sparsity %</th><th>accuracy %</th>"
-            "<th>drop pt</th><th>compact MB</th><th>model.onnx MB</th>"
+    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>kind</th><th>sparsity %</th><th>held-out accuracy %</th>"
+            "<th>held-out drop pt</th><th>tune accuracy %</th><th>tune drop pt</th><th>compact MB</th><th>model.onnx MB</th>"
             + "".join(f"<th>{_e(d)} p50 ms</th><th>{_e(d)} RSS MB</th>" for d in devices)
             + "<th class=l>eligible / reason</th></tr>")
     body = []
@@ -189,7 +190,7 @@ def _candidate_table(ranking: dict) -> str:
         cls = "chosen" if r["cid"] == ranking["chosen"] else ("" if r["eligible"] else "no")
         cells = [r["rank"] or "", f'<td class=l>{_e(r["cid"])}</td>', _e(r["kind"]),
                  f"{r['global_sparsity'] * 100:.1f}", f"{r['accuracy'] * 100:.2f}", f"{r['drop_points']:.2f}",
-                 _mb((r["bytes"] or {}).get("compact")), _mb((r["bytes"] or {}).get("model_onnx"))]
+                 f"{r['tune_accuracy'] * 100:.2f}", f"{r['tune_drop_points']:.2f}", _mb((r["bytes"] or {}).get("compact")), _mb((r["bytes"] or {}).get("model_onnx"))]
         for d in devices:
             m = r["devices"][d]
             cells += [f"{m['p50_ms']:.3f}" if m["benched"] else "-", f"{m['peak_rss_mb']:.1f}" if m["benched"] else "-"]
@@ -209,7 +210,7 @@ def _baseline_table(ranking: dict) -> str:
         bases = [by_id[b] for b in r["baselines"] if b in by_id]
         if not bases:
             continue
-        best = max(bases, key=lambda b: (b["accuracy_pruned"], b["cid"]))
+        best = max(bases, key=lambda b: (b["tune_accuracy_pruned"], b["cid"]))  # picked on tune, shown held-out
         delta = (r["accuracy_pruned"] - best["accuracy_pruned"]) * 100
         total += 1
         wins += delta >= 0
@@ -222,7 +223,8 @@ def _baseline_table(ranking: dict) -> str:
             "cases, both measured before fine-tuning (pruned, normalization re-estimated), so that "
             "fine-tuning only some of them does not tilt the comparison; the figure above and the ranking use "
             "the fine-tuned accuracy where there is one.</p><table><tr><th class=l>candidate</th>"
-            "<th>sparsity %</th><th>accuracy %</th><th class=l>best matched baseline</th><th>its accuracy %</th>"
+            "<th>sparsity %</th><th>held-out accuracy %</th><th class=l>best matched baseline (on tune)</th>"
+            "<th>its held-out accuracy %</th>"
             f"<th>difference pt</th></tr>{''.join(rows)}</table>")
 
 
@@ -238,8 +240,10 @@ def render_html(ranking: dict, records: dict, pngs: dict[str, bytes]) -> str:
             f"{' (EMULATED)' if m['emulated'] else ''}</td></tr>" for d, m in chosen["devices"].items() if m["benched"])
         box = (f"<div class=box><h2 style='border:none;margin-top:0'>Chosen: <code>{_e(chosen['cid'])}</code></h2>"
                f"<p>{_e(ranking['chosen_why'])}</p><table class=kv>"
-               f"<tr><td>accuracy</td><td>{chosen['accuracy'] * 100:.2f}% ({_e(chosen['accuracy_source'])}); dense "
-               f"{ranking['dense']['accuracy'] * 100:.2f}%</td></tr>"
+               f"<tr><td>held-out accuracy</td><td>{chosen['accuracy'] * 100:.2f}% ({_e(chosen['accuracy_source'])}, "
+               f"{ranking['samples']} images); dense {ranking['dense']['accuracy'] * 100:.2f}%</td></tr>"
+               f"<tr><td>tune accuracy (chosen on)</td><td>{chosen['tune_accuracy'] * 100:.2f}% "
+               f"({ranking['tune_samples']} images); dense {ranking['dense']['tune_accuracy'] * 100:.2f}%</td></tr>"
                f"<tr><td>global sparsity</td><td>{chosen['global_sparsity'] * 100:.1f}% ({_e(chosen['signal'])} / "
                f"{_e(chosen['strategy'])})</td></tr>"
                f"<tr><td>size</td><td>model.onnx {_mb(chosen['bytes']['model_onnx'])} MB ({_e(chosen['storage'])} storage), "
@@ -260,7 +264,10 @@ def render_html(ranking: dict, records: dict, pngs: dict[str, bytes]) -> str:
 <h1>mixprune report: {_e(model.get('name'))} on {_e(data.get('source'))}</h1>
 <p class=sub>{len(ranking['candidates'])} candidates ({ranking['eligible_count']} eligible); objective
 <b>{_e(ranking['objective'])}</b> on <b>{_e(ranking['choice_device'])}</b>; accuracy drop at most
-{ranking['max_drop']:g} points; devices: {_e(', '.join(d['name'] for d in ranking['devices']))}.</p>
+{ranking['max_drop']:g} points; devices: {_e(', '.join(d['name'] for d in ranking['devices']))}.
+Every choice (eligibility, ties, the Pareto front) uses the tune split ({ranking['tune_samples']} training
+images held back from fitting); the accuracies shown are on the held-out split ({ranking['samples']} images),
+which no choice has seen.</p>
 {box}
 <h2>Speed</h2>{notes}
 <h2>Mix-and-Match vs global pruning at the same sparsity</h2>
@@ -268,7 +275,7 @@ def render_html(ranking: dict, records: dict, pngs: dict[str, bytes]) -> str:
 {_baseline_table(ranking)}
 <h2>Per device: accuracy vs latency and size</h2>
 <p>Solid markers are eligible, faded ones are excluded (reasons in the table below); the chosen one is circled in red;
-the Pareto front, ringed in black (accuracy, p50 latency, peak RSS, compact size; latency and memory differences within
+the Pareto front, ringed in black (tune accuracy, p50 latency, peak RSS, compact size; latency and memory differences within
 measured noise count as ties).</p>
 {device_figs}
 <h2>Per-layer sparsity of the chosen candidate</h2>

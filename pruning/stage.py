@@ -1,6 +1,6 @@
 """The prune stage: dense model -> calibration -> ranges -> 30 candidates + matched baselines.
 
-Reads a RunConfig, writes the run directory described in DESIGN.md. Every candidate is
+Reads a RunConfig, writes the run directory described in ARCHITECTURE.md. Every candidate is
 finished when its eval.json exists (written last), so a killed run resumes where it
 stopped and produces the same files: the calibration scores are cached and every step
 after them is deterministic.
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from mixprune.accuracy import selection_accuracy
 from mixprune.config import RunConfig
 from mixprune.data import DataSpec, Splits, load_splits
 from mixprune.errors import RunDirError
@@ -126,11 +127,11 @@ def dense_stage(ws: Workspace) -> dict:
         training = train(ws.model, ws.splits.train, epochs=cfg.train_epochs, seed=cfg.seed, tune_set=ws.splits.tune,
                          description="dense training", **recipe)
         training["recipe"] = recipe
-    accuracy = evaluate(ws.model, ws.splits.val, description="dense accuracy")
+    measured = _accuracies(ws, "dense")
     save_weights(ws.model, dense / "weights.safetensors")
-    record = {"accuracy": accuracy, "accuracy_raw": accuracy, "accuracy_finetuned": None,
-              "samples": len(ws.splits.val), "source": cfg.checkpoint or ("pretrained" if cfg.pretrained else "trained"),
-              "training": training}
+    record = {**measured, "accuracy_raw": measured["accuracy"], "tune_accuracy_raw": measured["tune_accuracy"],
+              "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **_sample_counts(ws),
+              "source": cfg.checkpoint or ("pretrained" if cfg.pretrained else "trained"), "training": training}
     atomic_write_json(dense / "eval.json", record)
     return record
 
@@ -199,12 +200,22 @@ def _masks_for(ws: Workspace, plan: CandidatePlan, dense_weights: dict, score_ca
     return masklib.layer_masks(scores, plan.ratios)
 
 
-def _measure(ws: Workspace, label: str) -> tuple[float, float, bool]:
-    """(accuracy after normalization re-estimation, accuracy before it, re-estimated?)."""
-    raw = evaluate(ws.model, ws.splits.val, description=f"{label}: accuracy")
+def _sample_counts(ws: Workspace) -> dict:
+    return {"samples": len(ws.splits.val), "tune_samples": len(ws.splits.tune)}
+
+
+def _accuracies(ws: Workspace, label: str, suffix: str = "") -> dict:
+    """Held-out and tune accuracy of the model as it is, under eval.json's keys ending in ``suffix``."""
+    return {f"accuracy{suffix}": evaluate(ws.model, ws.splits.val, description=f"{label}: accuracy"),
+            f"tune_accuracy{suffix}": evaluate(ws.model, ws.splits.tune, description=f"{label}: tune accuracy")}
+
+
+def _measure(ws: Workspace, label: str) -> dict:
+    """Accuracies before (``*_raw``) and after normalization re-estimation, and whether it ran."""
+    raw = _accuracies(ws, label, "_raw")
     if not ws.config.recalibrate or not recalibrate_batchnorm(ws.model, ws.recal_set, description=f"{label}: re-estimate BN"):
-        return raw, raw, False
-    return evaluate(ws.model, ws.splits.val, description=f"{label}: accuracy after BN"), raw, True
+        return {"accuracy": raw["accuracy_raw"], "tune_accuracy": raw["tune_accuracy_raw"], **raw, "recalibrated": False}
+    return {**_accuracies(ws, f"{label} after BN"), **raw, "recalibrated": True}
 
 
 def prune_candidate(ws: Workspace, plan: CandidatePlan, dense_weights: dict, score_cache: dict) -> dict:
@@ -214,7 +225,7 @@ def prune_candidate(ws: Workspace, plan: CandidatePlan, dense_weights: dict, sco
     masks = _masks_for(ws, plan, dense_weights, score_cache)
     masklib.apply_masks(params, masks)
     measured, global_sparsity = masklib.measured_sparsity(params)
-    accuracy, accuracy_raw, recalibrated = _measure(ws, plan.cid)
+    measured_accuracy = _measure(ws, plan.cid)
     weights_sha256 = save_weights(ws.model, out / "weights.safetensors")
     targets = plan.ratios if plan.ratios is not None else masklib.mask_ratios(masks)
     strategy = {
@@ -232,16 +243,15 @@ def prune_candidate(ws: Workspace, plan: CandidatePlan, dense_weights: dict, sco
     if plan.baselines:
         strategy["baselines"] = plan.baselines
     atomic_write_json(out / "strategy.json", strategy)
-    record = {"accuracy": accuracy, "accuracy_raw": accuracy_raw, "accuracy_finetuned": None,
-              "samples": len(ws.splits.val), "recalibrated": recalibrated, "finetune": None,
-              "weights_sha256": weights_sha256}
+    record = {**measured_accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
+              **_sample_counts(ws), "finetune": None, "weights_sha256": weights_sha256}
     atomic_write_json(out / "eval.json", record)
     return record
 
 
 def finetune_selection(ws: Workspace, plans: list[CandidatePlan], evals: dict[str, dict]) -> list[str]:
-    """The best ``finetune_top`` Mix-and-Match candidates by accuracy, plus their matched baselines."""
-    top = sorted((p for p in plans if p.kind == "mixmatch"), key=lambda p: (-evals[p.cid]["accuracy"], p.cid))
+    """The best ``finetune_top`` Mix-and-Match candidates by tune accuracy, plus their matched baselines."""
+    top = sorted((p for p in plans if p.kind == "mixmatch"), key=lambda p: (-evals[p.cid]["tune_accuracy"], p.cid))
     chosen = []
     for plan in top[: ws.config.finetune_top]:
         for cid in [plan.cid, *plan.baselines]:
@@ -267,8 +277,8 @@ def finetune_candidate(ws: Workspace, cid: str) -> dict:
         weights_sha256 = save_weights(ws.model, weights)
     else:  # killed after the fine-tuned weights landed but before eval.json: just measure them
         history = {"resumed": True}
-    record.update(accuracy_finetuned=evaluate(ws.model, ws.splits.val, description=f"{cid}: accuracy"),
-                  finetune=history, weights_sha256=weights_sha256)
+    finetuned = _accuracies(ws, cid, "_finetuned")
+    record.update(**finetuned, finetune=history, weights_sha256=weights_sha256)
     atomic_write_json(out / "eval.json", record)
     return record
 
@@ -279,6 +289,9 @@ def run_prune(config: RunConfig, resume: bool = False) -> dict:
     start = time.perf_counter()
     ws = prepare(config)
     open_run_dir(ws, resume)
+    splits = ws.splits
+    say(f"data: {len(splits.train)} training images, {len(splits.tune)} tune images (every choice; one image = "
+        f"{100 / len(splits.tune):.2f} accuracy points), {len(splits.val)} held-out images (reported)")
     ws.run.set_stage("prune", "running")
 
     def lap(name):
@@ -322,8 +335,8 @@ def run_prune(config: RunConfig, resume: bool = False) -> dict:
         "dense_accuracy": dense["accuracy"], "candidates": len(plans),
         "mixmatch": sum(p.kind == "mixmatch" for p in plans), "baselines": sum(p.kind == "baseline" for p in plans),
         "finetuned": finetuned, "resumed": len(done), "timings_s": timings,
-        "best": max((p for p in plans if p.kind == "mixmatch"),
-                    key=lambda p: (evals[p.cid]["accuracy_finetuned"] or evals[p.cid]["accuracy"], p.cid)).cid,
+        "best": min((p for p in plans if p.kind == "mixmatch"),
+                    key=lambda p: (-selection_accuracy(evals[p.cid]), p.cid)).cid,
     }
     ws.run.set_stage("prune", "done", summary=summary)
     return summary

@@ -34,10 +34,21 @@ def load_candidates(run: Path) -> dict[str, dict]:
     return out
 
 
+def check_eval_keys(record: dict) -> None:
+    """eval.json: held-out figures (report) and tune figures (every choice), both with their sample counts."""
+    for key in ("accuracy", "accuracy_raw", "accuracy_finetuned", "samples",
+                "tune_accuracy", "tune_accuracy_finetuned", "tune_samples"):
+        assert key in record, key
+    assert 0.0 <= record["accuracy"] <= 1.0 and 0.0 <= record["tune_accuracy"] <= 1.0
+    assert record["samples"] > 0 and record["tune_samples"] > 0
+    assert (record["accuracy_finetuned"] is None) == (record["tune_accuracy_finetuned"] is None)
+
+
 def check_contract(run: Path, *, within_ranges: bool):
-    """What every saved candidate must satisfy (DESIGN.md record keys and issue #3's checks)."""
+    """What every saved candidate must satisfy (ARCHITECTURE.md record keys and issue 3's checks)."""
     ranges = json.loads((run / "ranges.json").read_text())["layers"]
     dense = load_file(str(run / "dense" / "weights.safetensors"))
+    check_eval_keys(json.loads((run / "dense" / "eval.json").read_text()))
     candidates = load_candidates(run)
     assert candidates
     for cid, cand in candidates.items():
@@ -58,9 +69,7 @@ def check_contract(run: Path, *, within_ranges: bool):
         for name, tensor in weights.items():
             if name not in ranges and tensor.is_floating_point() and "running" not in name:
                 assert int((tensor == 0).sum()) <= int((dense[name] == 0).sum()), (cid, name)
-        for key in ("accuracy", "accuracy_raw", "accuracy_finetuned", "samples"):
-            assert key in record
-        assert 0.0 <= record["accuracy"] <= 1.0 and record["samples"] > 0
+        check_eval_keys(record)
         weights_file = run / "candidates" / cid / "weights.safetensors"
         assert record["weights_sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest(), cid
     return candidates

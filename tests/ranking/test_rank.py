@@ -13,23 +13,27 @@ from mixprune.config import QUICK_DEFAULTS
 from .conftest import cli, heavy_imports, load
 
 
-def shipped_accuracy(eval_record):
-    return eval_record["accuracy_finetuned"] if eval_record["accuracy_finetuned"] is not None else eval_record["accuracy"]
+def shipped(eval_record, prefix=""):
+    """The held-out (prefix "") or tune (prefix "tune_") accuracy a candidate ships with."""
+    finetuned = eval_record[f"{prefix}accuracy_finetuned"]
+    return finetuned if finetuned is not None else eval_record[f"{prefix}accuracy"]
 
 
 def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run):
     ranking = load(quick_run / "ranking.json")
-    dense = load(quick_run / "dense" / "eval.json")["accuracy"]
+    assert ranking["selection_split"] == "tune"
+    dense = load(quick_run / "dense" / "eval.json")
     cids = sorted(p.name for p in (quick_run / "candidates").iterdir())
     assert sorted(r["cid"] for r in ranking["candidates"]) == cids
     kinds = {r["kind"] for r in ranking["candidates"]}
     assert kinds == {"mixmatch", "baseline"}  # the matched global baselines rank too
     for row in ranking["candidates"]:
         folder = quick_run / "candidates" / row["cid"]
-        accuracy = shipped_accuracy(load(folder / "eval.json"))
-        assert row["accuracy"] == accuracy
-        drop = (dense - accuracy) * 100
-        assert (f"accuracy drop {drop:.2f} > 1 points" in row["reasons"]) == (drop > 1.0)
+        record = load(folder / "eval.json")
+        assert row["accuracy"] == shipped(record) and row["tune_accuracy"] == shipped(record, "tune_")
+        assert row["drop_points"] == round((dense["accuracy"] - shipped(record)) * 100, 4)
+        drop = (dense["tune_accuracy"] - shipped(record, "tune_")) * 100  # eligibility is judged on the tune split
+        assert (f"accuracy drop {drop:.2f} > 1 points on the tune split" in row["reasons"]) == (drop > 1.0)
         exported = (folder / "export.json").is_file()
         assert any("not exported" in r for r in row["reasons"]) == (not exported)
         if exported:
@@ -39,14 +43,14 @@ def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run
         assert row["eligible"] == (not row["reasons"]) == (row["reason"] is None)
     # `run --quick` exported the export_top most accurate candidates within the drop
     passing = sorted((r for r in ranking["candidates"] if not any("accuracy" in x for x in r["reasons"])),
-                     key=lambda r: (-r["accuracy"], r["cid"]))
+                     key=lambda r: (-r["tune_accuracy"], r["cid"]))
     assert [r["cid"] for r in ranking["candidates"] if r["eligible"]] == [r["cid"] for r in passing[: QUICK_DEFAULTS["export_top"]]]
 
 
 def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_so(quick_run):
     ranking = load(quick_run / "ranking.json")
     eligible = [r for r in ranking["candidates"] if r["eligible"]]
-    best = min(eligible, key=lambda r: (-r["accuracy"], r["bytes"]["compact"], r["cid"]))
+    best = min(eligible, key=lambda r: (-r["tune_accuracy"], r["bytes"]["compact"], r["cid"]))
     assert ranking["chosen"] == best["cid"]
     assert [r["rank"] for r in ranking["candidates"][: len(eligible)]] == list(range(1, len(eligible) + 1))
     host = ranking["devices"][0]
@@ -65,7 +69,7 @@ def test_rank_is_stable_and_objective_size_picks_the_smallest(run_copy):
     assert size.exit_code == 0, size.output
     ranking = load(run_copy / "ranking.json")
     eligible = [r for r in ranking["candidates"] if r["eligible"]]
-    assert ranking["chosen"] == min(eligible, key=lambda r: (r["bytes"]["compact"], -r["accuracy"], r["cid"]))["cid"]
+    assert ranking["chosen"] == min(eligible, key=lambda r: (r["bytes"]["compact"], -r["tune_accuracy"], r["cid"]))["cid"]
 
 
 @pytest.mark.parametrize("verdict, budget", [
@@ -88,7 +92,7 @@ def test_device_budget_excludes_a_candidate_with_its_reason(run_copy, verdict, b
 
 def test_no_eligible_candidate_names_the_constraint(run_copy):
     record = load(run_copy / "dense" / "eval.json")
-    record["accuracy"] = 1.0
+    record["tune_accuracy"] = 1.0
     (run_copy / "dense" / "eval.json").write_text(json.dumps(record))
     result = cli("rank", run_copy, "--max-drop", "0.5")
     assert result.exit_code == 2
@@ -137,20 +141,26 @@ def test_rank_does_not_import_torch(quick_run, tmp_path):
 
 
 # --- the choice rule on synthetic records (no models) -----------------------------------
+def _eval(tune_accuracy: float) -> dict:
+    """An eval record whose held-out accuracy orders the opposite way: only the tune split may decide."""
+    return {"tune_accuracy": tune_accuracy, "tune_accuracy_finetuned": None,
+            "accuracy": 1.0 - tune_accuracy, "accuracy_finetuned": None}
+
+
 def _records(tmp_path, rows: dict, mode="structured"):
-    """In-memory records: {cid: (accuracy, p50, p90, compact bytes)} on one real device."""
+    """In-memory records: {cid: (tune accuracy, p50, p90, compact bytes)} on one real device."""
     models = {}
     for cid, (acc, p50, p90, size) in rows.items():
         models[cid] = {
             "strategy": {"kind": "mixmatch", "signal": "magnitude", "strategy": "x", "global_sparsity": 0.5,
                          "mode": mode},
-            "eval": {"accuracy": acc, "accuracy_finetuned": None},
+            "eval": _eval(acc),
             "export": {"verified": True, "bytes": {"compact": size}, "storage": "dense"},
             "bench": {"dev": {"latency_ms": {"p50": p50, "p90": p90}, "peak_rss_mb": 50.0, "model_bytes": size,
                               "emulated": False, "execution_providers": ["CPUExecutionProvider"]}},
         }
     return {"root": tmp_path, "run": {"model": {"name": "m"}}, "models": models,
-            "dense": {"eval": {"accuracy": 0.9}, "export": None, "bench": {}}}
+            "dense": {"eval": _eval(0.9), "export": None, "bench": {}}}
 
 
 def test_latency_within_noise_is_a_tie_broken_by_accuracy(tmp_path):
@@ -178,6 +188,19 @@ def test_pareto_front_drops_dominated_candidates(tmp_path):
     records = _records(tmp_path, {"good": (0.899, 10.0, 10.1, 100), "worse": (0.895, 20.0, 20.1, 200),
                                   "small": (0.893, 10.0, 10.1, 50)})
     assert rk.rank(records, max_drop=1.0)["pareto"] == ["good", "small"]
+
+
+def test_eligibility_and_choice_use_the_tune_split_and_report_held_out(tmp_path):
+    records = _records(tmp_path, {"tune_best": (0.899, 10.0, 10.1, 100), "held_out_best": (0.897, 10.0, 10.1, 100),
+                                  "tune_too_low": (0.885, 10.0, 10.1, 100)})
+    ranking = rk.rank(records, max_drop=1.0)
+    assert ranking["selection_split"] == "tune" and ranking["chosen"] == "tune_best"
+    rows = {r["cid"]: r for r in ranking["candidates"]}
+    # 1.5 points below dense on tune: excluded, although its held-out accuracy is 1.5 points above dense
+    assert not rows["tune_too_low"]["eligible"] and rows["tune_too_low"]["drop_points"] == pytest.approx(-1.5)
+    assert "on the tune split" in rows["tune_too_low"]["reason"]
+    assert rows["tune_best"]["accuracy"] == pytest.approx(0.101)  # the reported figure is the held-out one
+    assert "held-out accuracy 0.1010" in ranking["chosen_why"] and "tune split: 0.8990" in ranking["chosen_why"]
 
 
 def test_close_ids_suggests_neighbours():

@@ -60,6 +60,14 @@ def test_two_releases_are_byte_identical_and_hold_the_manifest_keys(quick_run, b
     cid = manifest["model"]["candidate"]
     strategy = load(quick_run / "candidates" / cid / "strategy.json")
     assert manifest["strategy"]["layers"] == strategy["layers"]
+    # the card and manifest report the held-out accuracy and say the choice was made on the tune split
+    record, accuracy = load(quick_run / "candidates" / cid / "eval.json"), manifest["accuracy"]
+    finetuned = record["accuracy_finetuned"] is not None
+    assert accuracy["top1"] == record["accuracy_finetuned" if finetuned else "accuracy"]
+    assert accuracy["tune_top1"] == record["tune_accuracy_finetuned" if finetuned else "tune_accuracy"]
+    assert accuracy["split"] == "held-out" and accuracy["selection_split"] == "tune"
+    card = files["MODEL_CARD.md"].decode()
+    assert f"{accuracy['samples']} held-out images" in card and f"{accuracy['tune_samples']} other images" in card
     assert files["model.onnx"] == (quick_run / "candidates" / cid / "model.onnx").read_bytes()
     assert set(manifest["bench"]) == {"host"}
     assert {"torch", "timm", "onnx", "onnxruntime"} <= set(manifest["versions"])
@@ -106,6 +114,24 @@ def test_verify_refuses(bundle, tmp_path, case, change, extra, message):
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and message in result.output, result.output
     assert not any(p.exists() for p in outside)
+
+
+def test_verify_never_uses_tarfile_extraction(bundle, tmp_path, monkeypatch):
+    """setup.cfg promises Python >= 3.10, whose early patch releases lack extractall's `filter`:
+    verify must accept and refuse bundles without tarfile's extraction at all."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("tarfile extraction used")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", refuse)
+    monkeypatch.setattr(tarfile.TarFile, "extract", refuse)
+    accepted = cli("verify", bundle)
+    assert accepted.exit_code == 0, accepted.output
+    nested = repack(tmp_path / "nested.tar.gz", {**members(bundle), "docs/notes.txt": b"x"})
+    refused = cli("verify", nested)
+    assert refused.exit_code == 2 and "docs/notes.txt not listed" in refused.output, refused.output
+    bad = repack(tmp_path / "escape.tar.gz", members(bundle), [(tarfile.TarInfo("a/../../escaped.txt"), b"")])
+    refused = cli("verify", bad)
+    assert refused.exit_code == 2 and "path traversal" in refused.output, refused.output
 
 
 def test_verify_refuses_garbage_and_absent_files(tmp_path):
