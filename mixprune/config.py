@@ -17,7 +17,8 @@ BASELINES = ("mag", "snip", "grasp", "uniform")
 OBJECTIVES = ("latency", "size", "memory")
 STORAGES = ("dense", "sparse")
 # the authors' cap on one layer's ratio when shifting a strategy to a common global sparsity
-# (pruning/strategies.py); a --sparsity at or above it is out of reach for any model
+# (pruning/strategies.py); a --sparsity above it is out of reach for any model (at it, every layer sits at
+# the cap; a model whose ranges pin some layers at 0 cannot reach it, which the shift reports)
 MAX_SHIFTED_RATIO = 0.98
 
 
@@ -110,7 +111,7 @@ FIELDS: dict[str, Field] = {
     "signals": Field("names", choices=SIGNALS, nonempty=True),
     "baselines": Field("names", choices=BASELINES),
     "targets": Field("numbers", range="[0, 1)", nonempty=True),
-    "sparsity": Field("number", range=f"[0, {MAX_SHIFTED_RATIO})", optional=True,
+    "sparsity": Field("number", range=f"[0, {MAX_SHIFTED_RATIO}]", optional=True,
                       note=f"every layer is capped at {MAX_SHIFTED_RATIO:.0%}"),
     "rules": Field("str", optional=True),
     "recalibrate": Field("bool"),

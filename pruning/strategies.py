@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from mixprune.config import MAX_SHIFTED_RATIO  # the 98% cap; config refuses a --sparsity at or above it
+from mixprune.config import MAX_SHIFTED_RATIO  # the 98% cap; config refuses a --sparsity above it
 from mixprune.errors import ConfigError
 from mixprune.registry import Registry
 

@@ -114,8 +114,8 @@ def test_image_folder_dataset(tmp_path):
 
 @pytest.mark.parametrize("args, phrase", [
     (["--data", "no/such/folder"], "does not exist"),
-    (["--sparsity", "1.2"], "--sparsity must be in [0, 0.98)"),
-    (["--sparsity", "0.99"], "--sparsity must be in [0, 0.98)"),  # the per-layer cap, refused before training
+    (["--sparsity", "1.2"], "--sparsity must be in [0, 0.98]"),
+    (["--sparsity", "0.99"], "--sparsity must be in [0, 0.98]"),  # the per-layer cap, refused before training
     (["--targets", "0.7,1.0"], "must be in [0, 1)"),
     (["--targets", "0.7,abc"], "comma-separated numbers"),
     (["--calib-fraction", "0.0001"], "is empty"),

@@ -64,10 +64,10 @@ BAD_CONFIGS = [
     ('targets = ["a"]', "targets must be a non-empty list of numbers, each in [0, 1), got ['a']"),
     ("targets = 0.7", "targets must be a non-empty list of numbers, each in [0, 1), got 0.7"),
     ("signals = 3", "signals must be a non-empty list of strings, each one of magnitude, gradient, product, got 3"),
-    ('sparsity = "0.9"', "sparsity must be a number in [0, 0.98)"),
-    ("sparsity = 0.99", "sparsity must be in [0, 0.98) (every layer is capped at 98%), got 0.99"),
-    ("sparsity = 0.98", "sparsity must be in [0, 0.98)"),
-    ("sparsity = -0.1", "sparsity must be in [0, 0.98)"),
+    ('sparsity = "0.9"', "sparsity must be a number in [0, 0.98]"),
+    ("sparsity = 0.99", "sparsity must be in [0, 0.98] (every layer is capped at 98%), got 0.99"),
+    ("sparsity = 0.981", "sparsity must be in [0, 0.98]"),
+    ("sparsity = -0.1", "sparsity must be in [0, 0.98]"),
     ("targets = []", "targets must be a non-empty list"),
     ("targets = [0.7, 1.0]", "targets values must be in [0, 1), got 1.0"),
     ("targets = [0.7, true]", "targets must be a non-empty list of numbers"),
@@ -182,8 +182,8 @@ def test_the_config_table_covers_every_field_and_accepts_good_values(tmp_path):
 # --- flags ------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["run", "prune"])
 @pytest.mark.parametrize("args, message", [
-    (["--sparsity", "0.99"], "--sparsity must be in [0, 0.98) (every layer is capped at 98%), got 0.99"),
-    (["--sparsity", str(MAX_SHIFTED_RATIO)], "--sparsity must be in [0, 0.98)"),
+    (["--sparsity", "0.99"], "--sparsity must be in [0, 0.98] (every layer is capped at 98%), got 0.99"),
+    (["--sparsity", str(MAX_SHIFTED_RATIO + 0.001)], "--sparsity must be in [0, 0.98]"),
     (["--signals", "magnitude,vibes"], "--signals values must be one of magnitude, gradient, product, got 'vibes'"),
     (["--signals", ","], "--signals must be a non-empty list of strings"),
     (["--img-size", "4"], "--img-size must be >= 8, got 4"),
@@ -200,7 +200,7 @@ def test_flags_win_over_a_bad_value_only_after_the_file_is_checked(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("sparsity = 0.99\n")  # a bad file is refused even when a flag would override it
     assert_one_line_refusal(invoke("prune", "--config", config, "--sparsity", "0.5", "--out", tmp_path / "x"),
-                            "config file", "sparsity must be in [0, 0.98)")
+                            "config file", "sparsity must be in [0, 0.98]")
     with pytest.raises(ConfigError, match=r"^batch_size must be >= 1"):  # a Python caller, no such flag
         RunConfig.build(batch_size=0)
 
