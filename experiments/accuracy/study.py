@@ -17,6 +17,7 @@ and a table in experiments/accuracy/table.md.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import statistics
@@ -74,7 +75,7 @@ def summarize_run(run: Path) -> dict:
 
 def run_one(model_key: str, setup: dict, seed: int, sparsity: float, work: Path) -> dict:
     dense_ckpt = work / f"{model_key}-seed{seed}-dense.safetensors"
-    out = work / f"{model_key}-seed{seed}-s{sparsity}"
+    out = work / f"{model_key}-seed{seed}-s{sparsity}-{os.getpid()}"  # parallel processes never share a folder
     shutil.rmtree(out, ignore_errors=True)
     flags = dict(COMMON, **setup["config"], seed=seed, sparsity=sparsity, out=str(out))
     if dense_ckpt.is_file():
@@ -138,6 +139,10 @@ def table(rows: list[dict]) -> str:
 
 def save(record: dict, out: Path, with_table: bool) -> None:
     """Summary and settings cover every model in the record, not only the ones run this time."""
+    unique = {}
+    for r in record["runs"]:  # one run per (model, seed, sparsity), the first that finished
+        unique.setdefault((r["model"], r["seed"], r["sparsity"]), r)
+    record["runs"] = list(unique.values())
     models = {r["model"] for r in record["runs"]}
     study = {k: dict(v["config"], sparsities=v["sparsities"], dense_recipe=get_table(v["config"]["model"]).training)
              for k, v in {**STUDY, **SMOKE}.items() if k in models}
@@ -155,18 +160,20 @@ def main() -> int:
     parser.add_argument("--models", default=None, help="comma list of study keys (default: all)")
     parser.add_argument("--seeds", default=None, help="comma list of seeds (default: 0,1,2); several processes "
                         "with different seeds may share one results file")
+    parser.add_argument("--sparsities", default=None, help="comma list, in this order (default: each model's own)")
     args = parser.parse_args()
     study, seeds = (SMOKE, (0,)) if args.smoke else (STUDY, SEEDS)
     if args.models:
         study = {k: v for k, v in study.items() if k in args.models.split(",")}
     if args.seeds:
         seeds = tuple(int(s) for s in args.seeds.split(","))
+    sparsities = tuple(float(s) for s in args.sparsities.split(",")) if args.sparsities else None
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = HERE / ("smoke.json" if args.smoke else "results.json")
     for model_key, setup in study.items():
         for seed in seeds:
-            for sparsity in setup["sparsities"]:
+            for sparsity in (sparsities or setup["sparsities"]):
                 if (model_key, seed, sparsity) in finished(out):
                     continue
                 print(f"== {model_key} seed {seed} S={sparsity}", file=sys.stderr, flush=True)
