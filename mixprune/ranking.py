@@ -137,7 +137,7 @@ def _device_metrics(bench: dict | None) -> dict | None:
             "size_budget_mb": bench.get("size_budget_mb")}
 
 
-def _device_reasons(device: str, m: dict | None, root: Path, cid: str) -> list[str]:
+def _device_reasons(device: str, m: dict | None, root: Path) -> list[str]:
     if m is None:
         return [f"no bench record on {device} (run `mixprune bench {root} --device {device}`)"]
     reasons = []
@@ -167,7 +167,7 @@ def candidate_row(cid: str, rec: dict, dense: dict, max_drop: float, devices: li
     per_device = {}
     for device in devices:
         metrics = _device_metrics(rec["bench"].get(device))
-        own = _device_reasons(device, metrics, root, cid) if export is not None else []
+        own = _device_reasons(device, metrics, root) if export is not None else []
         per_device[device] = {**(metrics or {}), "benched": metrics is not None,
                               "eligible": not reasons and not own, "reasons": own}
         reasons.extend(own)

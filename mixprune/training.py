@@ -28,10 +28,6 @@ def evaluate(model, dataset, batch_size: int = 256, description: str = "evaluate
     return correct / max(total, 1)
 
 
-def has_batchnorm(model) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 @torch.no_grad()
 def recalibrate_batchnorm(model, dataset, batch_size: int = 128, description: str = "re-estimate BN") -> bool:
     """Re-estimate BatchNorm running statistics from unlabeled images; no weight changes.

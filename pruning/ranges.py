@@ -148,11 +148,6 @@ def _resolve(raw: dict, known: dict[str, dict]) -> RuleTable:
                      rules=ordered, source=raw["source"], training=training)
 
 
-def list_tables() -> list[RuleTable]:
-    known = _builtin_raw_tables()
-    return [_resolve(raw, known) for raw in known.values()]
-
-
 def get_table(model_name: str, rules_file: str | None = None) -> RuleTable:
     """The user's table when given, else the most specific built-in table for the model."""
     known = _builtin_raw_tables()

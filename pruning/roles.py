@@ -43,9 +43,6 @@ class Layer:
     position: float  # 0 (input side) .. 1 (output side), in parameter order
     depthwise: bool = False
 
-    def describe(self) -> dict:
-        return {"role": self.role, "params": self.params, "stage": self.stage, "block": self.block}
-
 
 def _is_prunable(module: nn.Module) -> str | None:
     if isinstance(module, nn.modules.conv._ConvNd):
