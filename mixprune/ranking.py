@@ -150,13 +150,13 @@ def _device_reasons(device: str, m: dict | None, root: Path) -> list[str]:
     return reasons
 
 
-def candidate_row(cid: str, rec: dict, dense: dict, max_drop: float, devices: list[str],
+def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float, devices: list[str],
                   root: Path, export_note: str | None) -> dict:
-    """``dense``: the dense model's eval.json. Eligibility uses the tune split, ``accuracy`` reports held-out."""
+    """``dense``: the dense model's accuracy per split. Eligibility uses tune, ``accuracy`` reports held-out."""
     strategy, export = rec["strategy"], rec["export"]
     accuracy, source = accuracy_of(rec["eval"], REPORT_SPLIT)
     tune_accuracy, _ = accuracy_of(rec["eval"], SELECTION_SPLIT)
-    tune_drop = (accuracy_of(dense, SELECTION_SPLIT)[0] - tune_accuracy) * 100
+    tune_drop = (dense[SELECTION_SPLIT] - tune_accuracy) * 100
     reasons = []
     if tune_drop > max_drop + 1e-9:
         reasons.append(f"accuracy drop {tune_drop:.2f} > {max_drop:g} points on the tune split")
@@ -176,7 +176,7 @@ def candidate_row(cid: str, rec: dict, dense: dict, max_drop: float, devices: li
         "mode": strategy.get("mode", "unstructured"),
         "global_sparsity": strategy["global_sparsity"], "baselines": strategy.get("baselines", []),
         "accuracy": accuracy, "accuracy_source": source,
-        "drop_points": round((accuracy_of(dense, REPORT_SPLIT)[0] - accuracy) * 100, 4),
+        "drop_points": round((dense[REPORT_SPLIT] - accuracy) * 100, 4),
         "tune_accuracy": tune_accuracy, "tune_drop_points": round(tune_drop, 4),
         "accuracy_pruned": rec["eval"]["accuracy"], "tune_accuracy_pruned": rec["eval"]["tune_accuracy"],
         "bytes": (export or {}).get("bytes"), "storage": (export or {}).get("storage"),
@@ -286,8 +286,9 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
     _check_stages(records, devices)
     root = records["root"]
     dense_eval = records["dense"]["eval"]
-    dense_accuracy = dense_eval["accuracy"]
-    rows = [candidate_row(cid, rec, dense_eval, max_drop, devices, root, (export_notes or {}).get(cid))
+    dense = {split: accuracy_of(dense_eval, split)[0] for split in (REPORT_SPLIT, SELECTION_SPLIT)}
+    dense_accuracy = dense[REPORT_SPLIT]
+    rows = [candidate_row(cid, rec, dense, max_drop, devices, root, (export_notes or {}).get(cid))
             for cid, rec in records["models"].items()]
     for device in devices:
         emulated = {m["emulated"] for r in rows if (m := r["devices"][device])["benched"]}
@@ -321,7 +322,8 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
         "model": records["run"].get("model", {}).get("name"),
         "objective": objective, "max_drop": max_drop, "rule": RULE, "selection_split": SELECTION_SPLIT,
         "tune_samples": dense_eval.get("tune_samples"), "samples": dense_eval.get("samples"),
-        "dense": {"accuracy": dense_accuracy, "tune_accuracy": dense_eval["tune_accuracy"], "bytes": (records["dense"]["export"] or {}).get("bytes"),
+        "dense": {"accuracy": dense_accuracy, "tune_accuracy": dense[SELECTION_SPLIT],
+                  "bytes": (records["dense"]["export"] or {}).get("bytes"),
                   "devices": {d: _device_metrics(records["dense"]["bench"].get(d)) for d in devices}},
         "devices": device_info, "choice_device": choice_device["name"],
         "chosen": chosen["cid"] if chosen else None,

@@ -181,8 +181,9 @@ def _mb(n) -> str:
 
 def _candidate_table(ranking: dict) -> str:
     devices = [d["name"] for d in ranking["devices"]]
-    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>kind</th><th>sparsity %</th><th>held-out accuracy %</th>"
-            "<th>held-out drop pt</th><th>tune accuracy %</th><th>tune drop pt</th><th>compact MB</th><th>model.onnx MB</th>"
+    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>kind</th><th>sparsity %</th>"
+            "<th>held-out accuracy %</th><th>held-out drop pt</th><th>tune accuracy %</th><th>tune drop pt</th>"
+            "<th>compact MB</th><th>model.onnx MB</th>"
             + "".join(f"<th>{_e(d)} p50 ms</th><th>{_e(d)} RSS MB</th>" for d in devices)
             + "<th class=l>eligible / reason</th></tr>")
     body = []
@@ -190,7 +191,8 @@ def _candidate_table(ranking: dict) -> str:
         cls = "chosen" if r["cid"] == ranking["chosen"] else ("" if r["eligible"] else "no")
         cells = [r["rank"] or "", f'<td class=l>{_e(r["cid"])}</td>', _e(r["kind"]),
                  f"{r['global_sparsity'] * 100:.1f}", f"{r['accuracy'] * 100:.2f}", f"{r['drop_points']:.2f}",
-                 f"{r['tune_accuracy'] * 100:.2f}", f"{r['tune_drop_points']:.2f}", _mb((r["bytes"] or {}).get("compact")), _mb((r["bytes"] or {}).get("model_onnx"))]
+                 f"{r['tune_accuracy'] * 100:.2f}", f"{r['tune_drop_points']:.2f}",
+                 _mb((r["bytes"] or {}).get("compact")), _mb((r["bytes"] or {}).get("model_onnx"))]
         for d in devices:
             m = r["devices"][d]
             cells += [f"{m['p50_ms']:.3f}" if m["benched"] else "-", f"{m['peak_rss_mb']:.1f}" if m["benched"] else "-"]
