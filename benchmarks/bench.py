@@ -8,7 +8,7 @@ from pathlib import Path
 from mixprune.devices.profiles import Profile
 from mixprune.errors import BenchmarkError, RunDirError
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import RunDir, atomic_write_json, read_json
+from mixprune.runs import ModelDir, RunDir
 
 from .records import UNSTRUCTURED_NOTE, make_record
 
@@ -51,20 +51,18 @@ def bench_model(path: str | os.PathLike, profile: Profile, config: dict, **extra
     return make_record(raw, profile, str(path), **extra)
 
 
-def _unstructured_note(model_dir: Path) -> dict:
-    strategy = model_dir / "strategy.json"
-    if not strategy.is_file():
+def _unstructured_note(model_dir: ModelDir) -> dict:
+    info = model_dir.read_strategy()
+    if info is None:
         return {}
-    info = read_json(strategy)
     sparse = (info.get("global_sparsity") or 0) > 0 and info.get("mode", "unstructured") == "unstructured"
     return {"note": UNSTRUCTURED_NOTE} if sparse else {}
 
 
-def _export_shapes(model_dir: Path) -> dict[str, list[int]]:
-    """mixprune exports a dynamic batch dimension (export.json ``inputs``); a run directory is
+def _export_shapes(model_dir: ModelDir) -> dict[str, list[int]]:
+    """mixprune exports a dynamic batch dimension (export record ``inputs``); a run directory is
     benchmarked one image at a time, batch 1, unless --shape or the profile says otherwise."""
-    export = model_dir / "export.json"
-    inputs = read_json(export).get("inputs", []) if export.is_file() else []
+    inputs = (model_dir.read_export() or {}).get("inputs", [])
     return {i["name"]: [1, *i["shape"][1:]] for i in inputs
             if i.get("shape") and all(isinstance(d, int) for d in i["shape"][1:])}
 
@@ -72,15 +70,15 @@ def _export_shapes(model_dir: Path) -> dict[str, list[int]]:
 def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> dict[str, dict]:
     """Measure the dense model and every exported candidate, one fresh process each.
 
-    Writes ``<model dir>/bench/<device>.json`` atomically after each model, so an interrupted
-    run keeps the finished records and never leaves a partial one.
+    Writes each model's bench record atomically after each model, so an interrupted run
+    keeps the finished records and never leaves a partial one.
     """
     run = RunDir(root)
     run.require()
-    dirs = run.model_dirs()
-    todo = {cid: d for cid, d in dirs.items() if (d / "model.onnx").is_file()}
+    dirs = run.models()
+    todo = {cid: d for cid, d in dirs.items() if d.onnx_file.is_file()}
     if not todo:
-        raise RunDirError(f"{root} has no exported model (no model.onnx); run `mixprune export {root}` first")
+        raise RunDirError(f"{root} has no exported model; run `mixprune export {root}` first")
     skipped = sorted(set(dirs) - set(todo))
     if skipped:
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
@@ -90,9 +88,9 @@ def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> di
         counter = Counter(progress, f"Benchmarking on {profile.name}", total=len(todo), every=1)
         for cid, model_dir in todo.items():
             model_config = {**config, "shapes": {**_export_shapes(model_dir), **config["shapes"]}}
-            record = bench_model(model_dir / "model.onnx", profile, model_config, candidate=cid,
+            record = bench_model(model_dir.onnx_file, profile, model_config, candidate=cid,
                                  **_unstructured_note(model_dir))
-            atomic_write_json(model_dir / "bench" / f"{profile.name}.json", record)
+            model_dir.write_bench(profile.name, record)
             records[cid] = record
             counter.advance(f"({cid}: p50 {record['latency_ms']['p50']:.3f} ms)")
     return records

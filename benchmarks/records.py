@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mixprune.devices.fields import MB
 from mixprune.devices.profiles import Profile
 
 # The keys ARCHITECTURE.md promises (bench/<device>.json and `mixprune bench --json`), in print order.
@@ -27,10 +28,10 @@ def make_record(raw: dict, profile: Profile, model: str, **extra) -> dict:
         emulated=profile.emulated,
         memory_budget_mb=mem_budget or None,
         latency_budget_ms=lat_budget or None,
-        over_budget=bool(mem_budget) and raw["peak_rss_mb"] > mem_budget,
+        over_memory_budget=bool(mem_budget) and raw["peak_rss_mb"] > mem_budget,
         over_latency_budget=bool(lat_budget) and raw["latency_ms"]["p50"] > lat_budget,
         size_budget_mb=size_budget or None,
-        over_size_budget=bool(size_budget) and raw["model_bytes"] / 1e6 > size_budget,
+        over_size_budget=bool(size_budget) and raw["model_bytes"] / MB > size_budget,
         throttled=raw.get("throttled"),
     )
     record.update({k: v for k, v in raw.items() if k not in record})
@@ -38,14 +39,14 @@ def make_record(raw: dict, profile: Profile, model: str, **extra) -> dict:
 
 
 def _size(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:.2f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} kB"
+    return f"{n_bytes / MB:.2f} MB" if n_bytes >= MB else f"{n_bytes / 2**10:.1f} kB"
 
 
 def format_record(r: dict) -> str:
     """A readable summary of one record (what `mixprune bench MODEL.onnx` prints)."""
     lat = r["latency_ms"]
     budget = "" if r["memory_budget_mb"] is None else (
-        f"; budget {r['memory_budget_mb']:g} MB: " + ("OVER BUDGET" if r["over_budget"] else "ok"))
+        f"; budget {r['memory_budget_mb']:g} MB: " + ("OVER BUDGET" if r["over_memory_budget"] else "ok"))
     lat_budget = "" if r["latency_budget_ms"] is None else (
         f"; budget {r['latency_budget_ms']:g} ms: " + ("OVER BUDGET" if r["over_latency_budget"] else "ok"))
     lines = [
@@ -70,9 +71,9 @@ def format_table(records: dict[str, dict]) -> str:
     head = f"{'model':<24} {'p50 ms':>9} {'p90 ms':>9} {'cold ms':>9} {'peak MB':>9} {'size MB':>9} {'gzip MB':>9}  flags"
     rows = [head]
     for cid, r in records.items():
-        flags = [f for f, on in (("emulated", r["emulated"]), ("over-memory-budget", r["over_budget"]),
+        flags = [f for f, on in (("emulated", r["emulated"]), ("over-memory-budget", r["over_memory_budget"]),
                                  ("over-latency-budget", r["over_latency_budget"])) if on]
         rows.append(f"{cid:<24} {r['latency_ms']['p50']:>9.3f} {r['latency_ms']['p90']:>9.3f} "
-                    f"{r['cold_start_ms']:>9.1f} {r['peak_rss_mb']:>9.1f} {r['model_bytes'] / 2**20:>9.2f} "
-                    f"{r['model_gzip_bytes'] / 2**20:>9.2f}  {' '.join(flags)}")
+                    f"{r['cold_start_ms']:>9.1f} {r['peak_rss_mb']:>9.1f} {r['model_bytes'] / MB:>9.2f} "
+                    f"{r['model_gzip_bytes'] / MB:>9.2f}  {' '.join(flags)}")
     return "\n".join(rows)

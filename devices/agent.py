@@ -35,6 +35,8 @@ import onnxruntime as ort  # noqa: E402
 
 _T_IMPORTED_NS = time.perf_counter_ns()
 
+MB = 2**20  # bytes; the same MB as mixprune.devices.fields.MB (this file imports nothing of mixprune)
+
 DEFAULTS = {
     "runs": 100,
     "warmup": 10,
@@ -80,10 +82,10 @@ def usable_cores():
 
 
 def rss_mb():
-    """Current resident set size of this process (Linux /proc; None elsewhere)."""
+    """Current resident set size of this process (MB; Linux /proc, None elsewhere)."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
     except (OSError, ValueError, IndexError):
         return None
 
@@ -99,11 +101,11 @@ def peak_rss_mb():
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**10  # kB
+                    return int(line.split()[1]) * 2**10 / MB  # kB
     except (OSError, ValueError, IndexError):
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+    return peak / MB if sys.platform == "darwin" else peak * 2**10 / MB  # bytes on macOS, KiB elsewhere
 
 
 def _read_number(path):
@@ -142,12 +144,12 @@ def throttled():
     return out.strip().partition("=")[2] or None
 
 
-def gzip_size(path, chunk=1 << 20):
+def gzip_size(path):
     """Bytes of the gzip-compressed file (level 6), streamed so it costs no memory."""
     comp = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: gzip container
     total = 0
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
+        for block in iter(lambda: f.read(MB), b""):
             total += len(comp.compress(block))
     return total + len(comp.flush())
 
@@ -301,12 +303,12 @@ def benchmark(model, config):
     }
 
 
-def main(argv=None):
+def main():
     parser = argparse.ArgumentParser(description="Benchmark one ONNX model with onnxruntime; prints one JSON line.")
     parser.add_argument("model", help="path of the .onnx file")
     parser.add_argument("--json-config", default="{}",
                         help="JSON object overriding " + ", ".join(sorted(DEFAULTS)))
-    args = parser.parse_args(argv)
+    args = parser.parse_args()
     try:
         try:
             config = json.loads(args.json_config)

@@ -1,15 +1,18 @@
 """Typed fields of a device profile's TOML tables, validated with messages that name the bad field.
 
 The checking itself is mixprune.settings (shared with run configs and rule tables); this
-module adds DeviceError, the ``'section.key'`` naming of profile fields and the shapes kind.
+module adds DeviceError, the ``'section.key'`` naming of profile fields, the shapes kind and
+the one MB every ``*_mb`` profile field and record key means.
 """
 
 from __future__ import annotations
 
 from mixprune.errors import DeviceError
-from mixprune.settings import REQUIRED, Field, Kind, check
+from mixprune.settings import Field, Kind, check
 
-__all__ = ["REQUIRED", "Field", "SHAPES", "parse_dims", "validate"]
+__all__ = ["MB", "Field", "SHAPES", "parse_dims", "validate"]
+
+MB = 2**20  # bytes: what MB means in profiles (memory_mb, [budget]) and bench records (peak_rss_mb)
 
 
 def parse_dims(text: str) -> list[int]:

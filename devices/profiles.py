@@ -2,7 +2,8 @@
 
 Built-in profiles live in ``devices/profiles/*.toml``; a user's own TOML file works anywhere
 a name does. The schema below is the whole contract; every field is checked, and a
-malformed file is reported with the name of the bad field.
+malformed file is reported with the name of the bad field. An MB is 2^20 bytes (``fields.MB``)
+in every ``*_mb`` field, as in the bench records the budgets are compared with.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                       choices=("auto", "x86_64", "aarch64", "armv7l")),
         "cpu": Field("str", "", help="CPU model, e.g. Cortex-A72"),
         "cores": Field("int", help="CPU cores of the device; 0 = every core of the machine the agent runs on", minimum=0),
-        "memory_mb": Field("number", 0, help="installed RAM (informative); 0 = unknown", minimum=0),
+        "memory_mb": Field("number", 0, help="installed RAM, MB (2^20 bytes; informative); 0 = unknown", minimum=0),
     },
     "onnxruntime": {
         "intra_op_threads": Field("int", help="threads inside one operator; 0 = all usable cores", minimum=0),
@@ -37,9 +38,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "allow_spinning": Field("bool", True, help="worker threads spin between operators (faster, burns CPU)"),
     },
     "budget": {
-        "memory_mb": Field("number", 0, help="peak RSS allowed for the model's process; 0 = no budget", minimum=0),
+        "memory_mb": Field("number", 0, help="peak RSS allowed for the model's process, MB (2^20 bytes); "
+                                             "0 = no budget", minimum=0),
         "latency_ms": Field("number", 0, help="p50 latency allowed; 0 = no budget", minimum=0),
-        "size_mb": Field("number", 0, help="size of the model file shipped (MB, 1e6 bytes); 0 = no budget", minimum=0),
+        "size_mb": Field("number", 0, help="size of the model file shipped, MB (2^20 bytes); 0 = no budget", minimum=0),
     },
     "benchmark": {
         "warmup": Field("int", 10, minimum=0),

@@ -28,20 +28,6 @@ ZEROS_ONNX_COUNTING = ("zeros_onnx counts the zeros of each prunable weight's ON
                        "a tensor backing k weights (shared_onnx) counts k times; zeros_onnx_distinct counts it once")
 
 
-def prunable_names(model, extra=()) -> list[str]:
-    """Weights of conv and linear layers (>= 2 dims), plus any other names in ``extra``."""
-    import torch
-
-    layer_types = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
-    names = {f"{prefix}.weight" if prefix else "weight"
-             for prefix, module in model.named_modules()
-             if isinstance(module, layer_types) and getattr(module, "weight", None) is not None
-             and module.weight.dim() >= 2}
-    params = dict(model.named_parameters())
-    names.update(name for name in extra if name in params)
-    return sorted(names)
-
-
 def onnx_tensors(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Every constant tensor of the main graph: initializers, sparse initializers, Constant nodes."""
     tensors = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}

@@ -33,7 +33,7 @@ def export_onnx(model, input_shape: tuple, *, opset: int, label: str) -> onnx.Mo
     model.eval()
     dummy = torch.randn((EXPORT_BATCH, *input_shape[1:]), generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix="mixprune-export-") as tmp:
-        path = Path(tmp) / "model.onnx"
+        path = Path(tmp) / "exported.onnx"
         try:
             with _quiet_exporter():
                 torch.onnx.export(

@@ -1,8 +1,8 @@
 """The export stage: every model of a run directory to a verified, compactly stored ONNX file.
 
-For each model directory (``dense/`` and every finished candidate) it writes
-``model.onnx``, ``model.onnx.mxc`` (the compact container, see ``mixprune.compact``) and
-``export.json`` last, which marks the export finished. A model whose weights and export
+For each model directory (``dense/`` and every finished candidate) it writes the ONNX
+file, its compact container (see ``mixprune.compact``) and the export record last, which
+marks the export finished (paths: ``mixprune.runs``). A model whose weights and export
 options are unchanged since its last export is skipped.
 """
 
@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
-from pathlib import Path
 
 import onnx
 import torch
@@ -20,19 +19,16 @@ import torch
 from mixprune import compact
 from mixprune.data import DataSpec, load_splits
 from mixprune.errors import ExportError, RunDirError
-from mixprune.models import ModelSpec, build_model, load_weights
+from mixprune.models import ModelSpec, build_model, load_state
 from mixprune.progress import progress_bar, say
-from mixprune.runs import RunDir, atomic_write_bytes, atomic_write_json, now_iso, package_versions, read_json
+from mixprune.runs import ModelDir, RunDir, now_iso, package_versions
 
 from . import parity, storage
-from .audit import audit, prunable_names
+from .audit import audit
 from .onnx_export import canonicalize_zeros, export_onnx, io_spec
 from .simplify import simplify_guarded
 
 FORMAT_VERSION = 2  # 2: the audit matches no weight to a tensor that does not hold it (records of 1 may)
-ONNX_FILE = "model.onnx"
-COMPACT_FILE = ONNX_FILE + compact.SUFFIX
-RECORD_FILE = "export.json"
 TOLERANCE = 1e-4  # max |logit difference| accepted between torch and onnxruntime
 STEPS = ("export", "simplify", "audit", "parity", "storage", "write")
 RUNTIME_NOTE = ("onnxruntime has no sparse kernels and densifies sparse initializers at load: "
@@ -63,7 +59,7 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
         spec, data = ModelSpec.from_dict(record["model"]), DataSpec.from_dict(record["data"])
     except (KeyError, TypeError) as exc:
         raise RunDirError(f"{run.run_json} lacks a valid model or data spec ({exc}); re-run `mixprune prune`") from exc
-    available = run.model_dirs()
+    available = run.models()
     chosen = list(dict.fromkeys(candidates)) or list(available)
     missing = [cid for cid in chosen if cid not in available]
     if missing:
@@ -72,29 +68,29 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
     if not chosen:
         raise RunDirError(f"{run.root} has no dense model or finished candidate to export; run `mixprune prune` first")
     todo = [cid for cid in chosen if options.force or not is_current(available[cid], options)]
-    results = {cid: dict(read_json(available[cid] / RECORD_FILE), skipped=True) for cid in chosen if cid not in todo}
+    results = {cid: dict(available[cid].read_export(), skipped=True) for cid in chosen if cid not in todo}
     if todo:
         samples = held_out_samples(data, options.parity_samples)
+        prunable = run.prunable_names()
         with progress_bar() as progress:
             task = progress.add_task("export", total=len(todo) * len(STEPS))
             for cid in todo:
                 say(f"exporting {cid} ({spec.name})")
                 results[cid] = dict(export_model(
-                    available[cid], spec, samples, options, label=f"{spec.name} ({cid})",
+                    available[cid], spec, samples, options, prunable, label=f"{spec.name} ({cid})",
                     on_step=lambda name, cid=cid: progress.update(task, advance=1, description=f"export {cid}: {name}"),
                 ), skipped=False)
         run.set_stage("export", "done", models=sorted(results))
     return {cid: results[cid] for cid in chosen}
 
 
-def is_current(model_dir: Path, options: ExportOptions) -> bool:
+def is_current(model_dir: ModelDir, options: ExportOptions) -> bool:
     """Whether ``model_dir`` holds a finished export of its current weights with these options."""
-    path, weights = model_dir / RECORD_FILE, model_dir / "weights.safetensors"
-    if not all(p.is_file() for p in (path, weights, model_dir / ONNX_FILE, model_dir / COMPACT_FILE)):
+    if not (model_dir.is_exported() and model_dir.compact_file.is_file()):
         return False
     with contextlib.suppress(RunDirError):
-        previous = read_json(path)
-        return previous.get("options") == options.key() and previous.get("weights_sha256") == sha256_file(weights)
+        previous = model_dir.read_export()
+        return previous.get("options") == options.key() and previous.get("weights_sha256") == model_dir.weights_digest()
     return False
 
 
@@ -107,19 +103,15 @@ def held_out_samples(data: DataSpec, count: int) -> torch.Tensor:
     return torch.stack([val[i][0] for i in range(count)])
 
 
-def export_model(model_dir: Path, spec: ModelSpec, samples: torch.Tensor, options: ExportOptions,
-                 label: str, on_step=lambda name: None) -> dict:
-    """Export one model directory; returns (and writes) its export.json record."""
-    weights = model_dir / "weights.safetensors"
-    for stale in (RECORD_FILE, ONNX_FILE, COMPACT_FILE):  # never pair old artifacts with new weights
-        (model_dir / stale).unlink(missing_ok=True)
+def export_model(model_dir: ModelDir, spec: ModelSpec, samples: torch.Tensor, options: ExportOptions,
+                 prunable: list[str], label: str, on_step=lambda name: None) -> dict:
+    """Export one model; returns (and writes) its export record. ``prunable``: the weights whose zeros count."""
+    model_dir.drop_export()
     model = build_model(spec)
-    load_weights(model, weights)
+    load_state(model, model_dir.load_state(), f"the weights of {label}")
     model.eval()
-    strategy = model_dir / "strategy.json"
-    layers = read_json(strategy).get("layers", {}) if strategy.is_file() else {}
-    prunable = set(prunable_names(model, layers))
-    params = {name: p.detach().numpy() for name, p in model.named_parameters() if name in prunable}
+    wanted = set(prunable)
+    params = {name: p.detach().numpy() for name, p in model.named_parameters() if name in wanted}
 
     on_step("export")
     exported = export_onnx(model, spec.input_shape, opset=options.opset, label=label)
@@ -156,11 +148,11 @@ def export_model(model_dir: Path, spec: ModelSpec, samples: torch.Tensor, option
     onnx_bytes = sparse_bytes if options.storage == "sparse" else dense_bytes
     record = {
         "model": spec.name,
-        "weights_sha256": sha256_file(weights),
+        "weights_sha256": model_dir.weights_digest(),
         "options": options.key(),
         "opset": options.opset,
         "storage": options.storage,
-        "files": {"onnx": ONNX_FILE, "compact": COMPACT_FILE},
+        "files": {"onnx": model_dir.onnx_file.name, "compact": model_dir.compact_file.name},
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "dense_onnx_sha256": hashlib.sha256(dense_bytes).hexdigest(),
         **io_spec(final),
@@ -194,9 +186,7 @@ def export_model(model_dir: Path, spec: ModelSpec, samples: torch.Tensor, option
         "layers": zeros["layers"],
         "exported_at": now_iso(),
     }
-    atomic_write_bytes(model_dir / ONNX_FILE, onnx_bytes)
-    atomic_write_bytes(model_dir / COMPACT_FILE, container)
-    atomic_write_json(model_dir / RECORD_FILE, record)
+    model_dir.write_export(record, onnx_bytes, container)
     if not record["verified"]:
         say(f"[yellow]warning: {label} is not verified (sparsity preserved: {record['sparsity_preserved']}, "
             f"max |diff| {result['max_abs_diff']:.2e}, top-1 agreement {result['top1_agreement']:.3f})[/yellow]")
@@ -209,11 +199,3 @@ def _checker_accepts(proto: onnx.ModelProto) -> bool:
         return True
     except onnx.checker.ValidationError:
         return False
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -6,11 +6,13 @@ Any MixpruneError ends the command with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
 
-from .config import OBJECTIVES, STORAGES
+from .config import (BASELINES, EXECUTORS, FIELDS, MODES, OBJECTIVES, QUICK_DEFAULTS, RUN_DEFAULTS, SIGNALS,
+                     STORAGES, RunConfig, resolve_resume, run_presets)
 from .errors import MixpruneError
 
 
@@ -65,7 +67,7 @@ def models_list(pattern):
     click.echo("\n".join(names))
 
 
-# --- prune ----------------------------------------------------------------------------
+# --- the options of prune and run, each declared once -----------------------------------
 def _ratio_list(ctx, param, value):
     if value is None:
         return None
@@ -103,33 +105,122 @@ def _explicit(ctx, **values):
     return {k: v for k, v in values.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
 
 
+# Each option is declared once, in OPTIONS; each command takes the ones it needs with _options.
+# An option whose default is FROM_CONFIG sets the RunConfig field of its name, and its help shows
+# that field's default as the command uses it: RunConfig's default in config.py, and for `run`
+# RUN_DEFAULTS on top. Click passes that default when the flag is not given, but _explicit()
+# drops it, so a --config file, --quick and a resumed run keep their own values.
+FROM_CONFIG = object()
+
+
+def _config_defaults(*presets: dict) -> dict:
+    """RunConfig's field defaults with ``presets`` on top; tuples as the comma lists their flags take."""
+    values = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    for preset in presets:
+        values.update(preset)
+    return {name: ",".join(map(str, v)) if isinstance(v, tuple) else v for name, v in values.items()}
+
+
+CONFIG_DEFAULTS = _config_defaults()  # prune, and the RunConfig options of rank and export
+RUN_FLAG_DEFAULTS = _config_defaults(RUN_DEFAULTS)  # run: prune's training, less fine-tuning
+
+
+def _settings(values: dict) -> str:
+    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in values.items())
+
+
+# {parameter name: (flag, click.option attributes)}
+OPTIONS: dict[str, tuple[str, dict]] = {
+    "model": ("--model", dict(default=FROM_CONFIG, help="timm model name (see `mixprune models list`).")),
+    "data": ("--data", dict(default=FROM_CONFIG,
+                            help="'digits' (built in) or a folder with train/ and val/ class folders.")),
+    "out": ("--out", dict(type=click.Path(file_okay=False), help="Run directory to write.")),
+    "checkpoint": ("--checkpoint", dict(
+        type=click.Path(dir_okay=False),
+        help="Trained weights (.safetensors, or a torch file loaded with weights_only); without it the "
+             "dense model is trained first.")),
+    "pretrained": ("--pretrained", dict(
+        is_flag=True, default=None,
+        help="Start from timm's pretrained weights (needs the hub, or --pretrained-file).")),
+    "pretrained_file": ("--pretrained-file", dict(type=click.Path(dir_okay=False),
+                                                  help="Local file for timm's pretrained loading.")),
+    "model_args": ("--model-arg", dict(multiple=True, callback=_model_args, metavar="KEY=VALUE",
+                                       help="Extra timm constructor argument, e.g. patch_size=4 (repeatable).")),
+    "img_size": ("--img-size", dict(type=int, default=FROM_CONFIG, help="Input image size in pixels (square).")),
+    "train_epochs": ("--train-epochs", dict(type=int, default=FROM_CONFIG,
+                                            help="Epochs to train the dense model when no --checkpoint is given.")),
+    "train_lr": ("--train-lr", dict(type=float, show_default="the rule table's",
+                                    help="Adam learning rate for that training; each model family's rule "
+                                         "table sets one ([training] lr), with its batch size and schedule.")),
+    "signals": ("--signals", dict(default=FROM_CONFIG,
+                                  help=f"Saliency signals to prune by: a comma list of {', '.join(SIGNALS)}.")),
+    "baselines": ("--baselines", dict(default=FROM_CONFIG,
+                                      help=f"Matched global baselines: a comma list of {', '.join(BASELINES)}.")),
+    "targets": ("--targets", dict(default=FROM_CONFIG, callback=_ratio_list,
+                                  help="Global sparsities of the range-finding runs (comma list).")),
+    "sparsity": ("--sparsity", dict(type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")),
+    "rules": ("--rules", dict(type=click.Path(dir_okay=False),
+                              help="Your own rule table (TOML) instead of the built-in one.")),
+    "calib_fraction": ("--calib-fraction", dict(type=float, default=FROM_CONFIG,
+                                                help="Fraction of the training split used for calibration.")),
+    "recalibrate": ("--no-recalibrate", dict(flag_value=False, default=None,
+                                             help="Skip re-estimating BatchNorm statistics after pruning.")),
+    "finetune_epochs": ("--finetune-epochs", dict(type=int, default=FROM_CONFIG, help="Fine-tune epochs (0 = none).")),
+    "finetune_top": ("--finetune-top", dict(type=int, default=FROM_CONFIG,
+                                            help="Fine-tune the best K candidates and their matched baselines.")),
+    "finetune_lr": ("--finetune-lr", dict(type=float, default=FROM_CONFIG, help="Adam learning rate for fine-tuning.")),
+    "seed": ("--seed", dict(type=int, default=FROM_CONFIG, help="Random seed.")),
+    "devices": ("--devices", dict(default=FROM_CONFIG,
+                                  help="Comma list of device profiles to benchmark on, e.g. host,rpi4.")),
+    "max_drop": ("--max-drop", dict(type=click.FloatRange(min=0), default=FROM_CONFIG,
+                                    help="Largest accuracy drop vs the dense model, in points "
+                                         "(1.0 = one percentage point).")),
+    "objective": ("--objective", dict(type=click.Choice(OBJECTIVES), default=FROM_CONFIG,
+                                      help="What the choice minimizes: p50 latency, compact file size or peak RSS.")),
+    "storage": ("--storage", dict(type=click.Choice(STORAGES), default=FROM_CONFIG,
+                                  help="What model.onnx holds: plain initializers, or sparse_initializers "
+                                       "(smaller file; onnxruntime densifies them at load).")),
+    "export_top": ("--export-top", dict(type=int, default=FROM_CONFIG,
+                                        help="Export and bench the K best candidates within --max-drop.")),
+    "bench_runs": ("--bench-runs", dict(type=int, show_default="the device profile's", help="Timed runs per model.")),
+    "mode": ("--mode", dict(type=click.Choice(MODES), default=FROM_CONFIG,
+                            help=f"Pruning mode; {FIELDS['mode'].note}.")),
+    "executor": ("--executor", dict(type=click.Choice(EXECUTORS), default=FROM_CONFIG,
+                                    help=f"Where stages run; {FIELDS['executor'].note}.")),
+    "quick": ("--quick", dict(is_flag=True, default=None,
+                              help=f"Tiny configuration for tests and smoke checks: {_settings(QUICK_DEFAULTS)} "
+                                   f"(flags you give and --config still win).")),
+    "config_file": ("--config", dict(
+        type=click.Path(dir_okay=False),
+        help="TOML file with any of these settings, keys named like the flags (e.g. finetune-epochs = 3); "
+             "flags you give win over it, and it wins over the defaults shown.")),
+    "resume": ("--resume", dict(is_flag=True, help="Continue an interrupted run in --out without redoing "
+                                                   "finished work; the run keeps its settings.")),
+}
+
+
+def _options(defaults: dict, *names: str, **changes: dict):
+    """The options ``names`` (keys of OPTIONS), in this order, FROM_CONFIG defaults taken from
+    ``defaults``; ``changes`` {name: {attribute: value}} adapts an option to one command."""
+    def decorate(command):
+        for name in reversed(names):
+            flag, attrs = OPTIONS[name]
+            attrs = {**attrs, **changes.get(name, {})}
+            if attrs.get("default") is FROM_CONFIG:
+                attrs["default"] = defaults[name]
+                attrs.setdefault("show_default", True)
+            command = click.option(flag, name, **attrs)(command)
+        return command
+    return decorate
+
+
+# --- prune ----------------------------------------------------------------------------
 @main.command()
-@click.option("--model", help="timm model name (see `mixprune models list`).  [default: resnet18]")
-@click.option("--data", help="'digits' (built in) or a folder with train/ and val/ class folders.  [default: digits]")
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory to create (e.g. runs/demo).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Trained weights (.safetensors, or a torch file loaded with weights_only).")
-@click.option("--pretrained", is_flag=True, default=None, help="Start from timm's pretrained weights (needs the hub, or --pretrained-file).")
-@click.option("--pretrained-file", type=click.Path(dir_okay=False), help="Local file for timm's pretrained loading.")
-@click.option("--model-arg", "model_args", multiple=True, callback=_model_args, metavar="KEY=VALUE",
-              help="Extra timm constructor argument, e.g. patch_size=4 (repeatable).")
-@click.option("--img-size", type=int, help="Input image size.  [default: 32]")
-@click.option("--train-epochs", type=int, help="Epochs to train the dense model when no checkpoint is given.  [default: 15]")
-@click.option("--train-lr", type=float,
-              help="Adam learning rate for that training.  [default: the model family's rule table: 1e-3; ViT/Swin 3e-4 with warmup and cosine decay]")
-@click.option("--signals", help="Comma list of magnitude,gradient,product.  [default: all three]")
-@click.option("--baselines", help="Matched global baselines: comma list of mag,snip,grasp,uniform.  [default: mag,snip,grasp]")
-@click.option("--targets", callback=_ratio_list, help="Global sparsities of the range-finding runs.  [default: 0.7,0.8,0.9]")
-@click.option("--sparsity", type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")
-@click.option("--rules", type=click.Path(dir_okay=False), help="Your own rule table (TOML) instead of the built-in one.")
-@click.option("--calib-fraction", type=float, help="Fraction of the training split used for calibration.  [default: 0.1]")
-@click.option("--no-recalibrate", "recalibrate", flag_value=False, default=None,
-              help="Skip re-estimating BatchNorm statistics after pruning.")
-@click.option("--finetune-epochs", type=int, help="Fine-tune epochs (0 = none).  [default: 2]")
-@click.option("--finetune-top", type=int, help="Fine-tune the best K candidates and their matched baselines.  [default: 3]")
-@click.option("--finetune-lr", type=float, help="Adam learning rate for fine-tuning.  [default: 1e-4]")
-@click.option("--seed", type=int, help="Random seed.  [default: 0]")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file holding any of these options.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out; finished candidates are kept.")
+@_options(CONFIG_DEFAULTS, "model", "data", "out", "checkpoint", "pretrained", "pretrained_file", "model_args",
+          "img_size", "train_epochs", "train_lr", "signals", "baselines", "targets", "sparsity", "rules",
+          "calib_fraction", "recalibrate", "finetune_epochs", "finetune_top", "finetune_lr", "seed",
+          "config_file", "resume",
+          out={"help": "Run directory to create, e.g. runs/demo (required: here or in --config)."})
 @click.pass_context
 def prune(ctx, config_file, resume, **flags):
     """Train (if needed) and prune a model into Mix-and-Match candidates.
@@ -139,7 +230,6 @@ def prune(ctx, config_file, resume, **flags):
     candidates/<cid>/ (strategy.json, weights.safetensors, eval.json) for
     3 signals x 10 strategies plus matched global baselines.
     """
-    from .config import RunConfig, resolve_resume
     from .pruning.stage import run_prune
 
     explicit = _explicit(ctx, **flags)
@@ -158,13 +248,11 @@ def prune(ctx, config_file, resume, **flags):
 # --- export ---------------------------------------------------------------------------
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--candidate", "candidates", multiple=True, metavar="CID",
-              help="Export only this candidate ('dense' for the dense model); repeatable. Default: all.")
-@click.option("--storage", type=click.Choice(STORAGES), default="dense", show_default=True,
-              help="What model.onnx holds: plain initializers, or sparse_initializers (smaller file; "
-                   "onnxruntime densifies them at load).")
+@click.option("--candidate", "candidates", multiple=True, metavar="CID", show_default="all",
+              help="Export only this candidate ('dense' for the dense model); repeatable.")
+@_options(CONFIG_DEFAULTS, "storage")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim (it is also skipped whenever it loses zeros or grows the file).")
-@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True)
+@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset version.")
 @click.option("--force", is_flag=True, help="Re-export models whose weights and options did not change.")
 def export(run_dir, candidates, storage, no_simplify, opset, force):
     """Export the dense model and candidates of RUN_DIR to ONNX, verified and stored compactly.
@@ -247,8 +335,8 @@ def _parse_shapes(ctx, param, values):
 @click.argument("target", metavar="MODEL.onnx|RUN_DIR", type=click.Path(path_type=str))
 @click.option("--device", required=True, metavar="NAME|FILE",
               help="Device profile: a built-in name (see `mixprune devices list`) or a profile .toml file.")
-@click.option("--runs", type=click.IntRange(min=1), help="Timed runs after warm-up [default: the profile's].")
-@click.option("--warmup", type=click.IntRange(min=0), help="Untimed runs before timing [default: the profile's].")
+@click.option("--runs", type=click.IntRange(min=1), show_default="the profile's", help="Timed runs after warm-up.")
+@click.option("--warmup", type=click.IntRange(min=0), show_default="the profile's", help="Untimed runs before timing.")
 @click.option("--threads", type=click.IntRange(min=0),
               help="onnxruntime intra-op threads, overriding the profile's; 0 = all cores of the device.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", callback=_parse_shapes,
@@ -290,12 +378,10 @@ def bench(target, device, runs, warmup, threads, shapes, as_json):
 # --- rank, release, verify, run ---------------------------------------------------------
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--max-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Largest accuracy drop vs the dense model, in points (1.0 = one percentage point).")
-@click.option("--device", "devices", multiple=True, metavar="NAME",
-              help="Rank on this device's bench records (repeatable). Default: every benchmarked device.")
-@click.option("--objective", type=click.Choice(OBJECTIVES), default="latency", show_default=True,
-              help="What the choice minimizes: p50 latency, compact file size or peak RSS.")
+@_options(CONFIG_DEFAULTS, "max_drop")
+@click.option("--device", "devices", multiple=True, metavar="NAME", show_default="every benchmarked device",
+              help="Rank on this device's bench records (repeatable).")
+@_options(CONFIG_DEFAULTS, "objective")
 def rank(run_dir, max_drop, devices, objective):
     """Rank every candidate of RUN_DIR (matched baselines included) and choose one to ship.
 
@@ -306,9 +392,9 @@ def rank(run_dir, max_drop, devices, objective):
     broken by higher accuracy, then smaller size. Writes ranking.json (every candidate
     with `eligible` and the reason), report.html and pareto.png into RUN_DIR.
     """
-    from .ranking import rank_run
+    from .pipeline import rank_and_report
 
-    ranking = rank_run(run_dir, max_drop=max_drop, devices=devices, objective=objective)
+    ranking = rank_and_report(run_dir, max_drop=max_drop, devices=devices, objective=objective)
     _print_ranking(ranking, run_dir)
 
 
@@ -332,7 +418,7 @@ def _print_ranking(ranking: dict, run_dir, top: int = 5) -> None:
 @click.option("--candidate", default="best", show_default=True, metavar="CID|best",
               help="Candidate id to release; 'best' = the one ranking.json chose (run `mixprune rank` first).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str),
-              help="Bundle path (.tar.gz).  [default: RUN_DIR/release/<model>-<cid>.tar.gz]")
+              show_default="RUN_DIR/release/<model>-<cid>.tar.gz", help="Bundle path (.tar.gz).")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle.")
 def release(run_dir, candidate, out, force):
     """Package a candidate as a verifiable, reproducible release bundle (.tar.gz).
@@ -366,31 +452,10 @@ def verify(bundle):
 
 
 @main.command()
-@click.option("--model", help="timm model name.  [default: resnet18]")
-@click.option("--data", help="'digits' (built in) or a folder with train/ and val/ class folders.  [default: digits]")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Trained weights; without it the dense model is trained first.")
-@click.option("--devices", help="Comma list of device profiles to benchmark on, e.g. host,rpi4.  [default: host]")
-@click.option("--max-drop", type=float, help="Largest accuracy drop vs dense, in points.  [default: 1.0]")
-@click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
-              help="What the choice minimizes.  [default: latency]")
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory.  [default: runs/<model>-<data>]")
-@click.option("--img-size", type=int, help="Input image size.  [default: 32]")
-@click.option("--train-epochs", type=int, help="Dense training epochs (without --checkpoint).  [default: 15]")
-@click.option("--signals", help="Comma list of magnitude,gradient,product.  [default: all three]")
-@click.option("--sparsity", type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")
-@click.option("--finetune-epochs", type=int, help="Fine-tune epochs.  [default: 1]")
-@click.option("--finetune-top", type=int, help="Fine-tune the best K candidates and their matched baselines.  [default: 1]")
-@click.option("--export-top", type=int, help="Export and bench the K best candidates within --max-drop.  [default: 3]")
-@click.option("--storage", type=click.Choice(STORAGES), default=None,
-              help="What model.onnx (and the bundle) holds.  [default: dense]")
-@click.option("--bench-runs", type=int, help="Timed runs per model [default: the device profile's].")
-@click.option("--seed", type=int, help="Random seed.  [default: 0]")
-@click.option("--mode", type=click.Choice(["unstructured", "structured", "both"]), default=None,
-              help="Pruning mode (only unstructured exists today).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Where stages run (only local today).")
-@click.option("--quick", is_flag=True, default=None, help="Tiny configuration for tests (test_resnet, 1 epoch, one signal).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file holding any of these options (flags win).")
-@click.option("--resume", is_flag=True, help="Continue a killed run in --out without redoing finished work.")
+@_options(RUN_FLAG_DEFAULTS, "model", "data", "checkpoint", "devices", "max_drop", "objective", "out", "img_size",
+          "train_epochs", "signals", "sparsity", "finetune_epochs", "finetune_top", "export_top", "storage",
+          "bench_runs", "seed", "mode", "executor", "quick", "config_file", "resume",
+          out={"show_default": "runs/<model>-<data>"})
 @click.option("--force", is_flag=True, help="Delete an existing run in --out and start over.")
 @click.pass_context
 def run(ctx, config_file, resume, force, **flags):
@@ -403,7 +468,6 @@ def run(ctx, config_file, resume, force, **flags):
     (report.html) and packaged (release/*.tar.gz) in runs/resnet18-digits.
     Prints where everything is and which candidate was chosen and why.
     """
-    from .config import RunConfig, resolve_resume, run_presets
     from .pipeline import default_out, run_pipeline
 
     if resume and force:

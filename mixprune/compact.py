@@ -27,10 +27,11 @@ import lzma
 import os
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write_bytes
 
 MAGIC = b"MXPCOMP\x01"
 FORMAT = "mixprune-compact"
@@ -206,23 +207,10 @@ def unpack(container: bytes) -> bytes:
     return onnx_bytes
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def pack_file(onnx_path: str | os.PathLike, container_path: str | os.PathLike) -> int:
     """Write the container of an ONNX file; returns its size in bytes."""
     data = pack(Path(onnx_path).read_bytes())
-    _atomic_write(Path(container_path), data)
+    atomic_write_bytes(container_path, data)
     return len(data)
 
 
@@ -232,7 +220,7 @@ def expand(container_path: str | os.PathLike, out_onnx_path: str | os.PathLike) 
     if not path.is_file():
         raise CompactError(f"{path} does not exist")
     onnx_bytes = unpack(path.read_bytes())
-    _atomic_write(Path(out_onnx_path), onnx_bytes)
+    atomic_write_bytes(out_onnx_path, onnx_bytes)
     return hashlib.sha256(onnx_bytes).hexdigest()
 
 

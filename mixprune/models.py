@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import hashlib
 from pathlib import Path
 
 from .compat import import_timm
@@ -145,7 +144,14 @@ def read_state_dict(path: str | Path) -> dict:
 
 def load_weights(model, path: str | Path) -> None:
     """Load a checkpoint strictly, naming every key that does not fit."""
-    state = read_state_dict(path)
+    load_state(model, read_state_dict(path), f"checkpoint {path}")
+
+
+def load_state(model, state: dict, source: str) -> None:
+    """Load a state dict (torch tensors or numpy arrays) strictly; ``source`` names it in errors."""
+    import torch
+
+    state = {k: torch.from_numpy(v) if not isinstance(v, torch.Tensor) else v for k, v in state.items()}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -159,17 +165,11 @@ def load_weights(model, path: str | Path) -> None:
             parts.append("missing: " + ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else ""))
         if unexpected:
             parts.append("unexpected: " + ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else ""))
-        raise CheckpointError(f"checkpoint {path} does not fit the model ({'; '.join(parts)})")
+        raise CheckpointError(f"{source} does not fit the model ({'; '.join(parts)})")
     model.load_state_dict(state, strict=True)
 
 
-def save_weights(model_or_state, path: str | Path) -> str:
-    """Write a state dict as safetensors, atomically; return the file's sha256 (no re-read)."""
-    from safetensors.torch import save
-
-    from .runs import atomic_write_bytes
-
+def numpy_state(model_or_state) -> dict:
+    """The state dict as numpy arrays (sharing memory with the tensors), for the run directory."""
     state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
-    data = save({k: v.detach().contiguous().cpu() for k, v in state.items()})
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()}

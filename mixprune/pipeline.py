@@ -16,16 +16,15 @@ size objective. `mixprune export` / `bench` on the directory still do every cand
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
-from .config import RunConfig
-from .errors import ConfigError
-from .progress import say
 from .accuracy import SELECTION_SPLIT, accuracy_of
-from .ranking import rank_run
-from .runs import RunDir, read_json
+from .config import RunConfig
+from .progress import say
+from .ranking import rank_run, require_choice
+from .report import write_report
+from .runs import RunDir
 
 
 def default_out(config: RunConfig) -> str:
@@ -33,31 +32,15 @@ def default_out(config: RunConfig) -> str:
     return str(Path("runs") / f"{config.model}-{data}")
 
 
-def prepare_out(root: Path, resume: bool, force: bool) -> None:
-    """Refuse an existing output folder unless resuming it or told to start over."""
-    if not root.exists() or not any(root.iterdir()):
-        return
-    is_run = RunDir(root).exists()
-    if resume and is_run:
-        return
-    if force and is_run:
-        shutil.rmtree(root)
-        return
-    if not is_run:
-        raise ConfigError(f"{root} exists and is not a mixprune run directory; choose another --out")
-    raise ConfigError(f"{root} already holds a run; pass --resume to continue it, --force to start over, "
-                      f"or choose another --out")
-
-
 def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[str, str]]:
     """The candidates `run` exports, and a note for each one within --max-drop it leaves out."""
-    dense, _ = accuracy_of(read_json(run.dense_dir / "eval.json"), SELECTION_SPLIT)
+    dense, _ = accuracy_of(run.dense.read_eval(), SELECTION_SPLIT)
     passing = []
     for cid in run.candidate_ids():
-        accuracy, _ = accuracy_of(read_json(run.candidate_dir(cid) / "eval.json"), SELECTION_SPLIT)
-        sparsity = read_json(run.candidate_dir(cid) / "strategy.json")["global_sparsity"]
+        folder = run.candidate(cid)
+        accuracy, _ = accuracy_of(folder.read_eval(), SELECTION_SPLIT)
         if (dense - accuracy) * 100 <= config.max_drop + 1e-9:
-            passing.append((cid, accuracy, sparsity))
+            passing.append((cid, accuracy, folder.read_strategy()["global_sparsity"]))
     if config.objective == "size":
         passing.sort(key=lambda c: (-c[2], -c[1], c[0]))
         proxy = "global sparsity"
@@ -70,6 +53,15 @@ def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[s
     return chosen, {c[0]: note.replace("CID", c[0]) for c in passing[config.export_top:]}
 
 
+def rank_and_report(run_dir, *, max_drop: float, devices=(), objective: str = "latency",
+                    export_notes: dict | None = None) -> dict:
+    """ranking.json, then report.html and pareto.png drawn from it; raises when nothing was chosen."""
+    ranking = rank_run(run_dir, max_drop=max_drop, devices=devices, objective=objective, export_notes=export_notes)
+    write_report(run_dir)
+    require_choice(ranking, run_dir)
+    return ranking
+
+
 def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -> dict:
     """Every stage; returns {ranking, bundle, timings_s, out}."""
     from .benchmarks.bench import agent_config, bench_run_dir
@@ -80,8 +72,8 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
 
     root = Path(config.out)
     profiles = [load_profile(name) for name in config.devices]  # bad device names fail before any work
-    prepare_out(root, resume, force)
     run = RunDir(root)
+    run.claim(resume=resume, force=force)
     timings: dict[str, float] = {}
 
     def timed(name, fn, *args, **kwargs):
@@ -106,7 +98,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
         bench_config = agent_config(profile, runs=config.bench_runs, warmup=config.bench_warmup)
         timed(stage, bench_run_dir, root, profile, bench_config)
         run.set_stage(stage, "done")
-    ranking = timed("rank", rank_run, root, max_drop=config.max_drop, devices=config.devices,
+    ranking = timed("rank", rank_and_report, root, max_drop=config.max_drop, devices=config.devices,
                     objective=config.objective, export_notes=notes)
     bundle = timed("release", release, root, "best", force=True)
     run.set_stage("run", "done", timings_s=timings, chosen=ranking["chosen"], bundle=str(bundle["path"]))

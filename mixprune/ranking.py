@@ -1,7 +1,8 @@
 """Ranking: which candidate to ship, from the records of a run directory.
 
-Reads only JSON records (run.json, eval.json, strategy.json, export.json, bench/<device>.json),
-never stage code, and imports neither torch nor onnx.
+Reads only the records of a run directory (through mixprune.runs: run, eval, strategy,
+export and bench records), never stage code, and imports neither torch nor onnx. It writes
+ranking.json; the report (mixprune.report) is drawn from that record afterwards.
 
 Constraints (a candidate is *eligible* when it meets all of them):
 
@@ -33,18 +34,18 @@ choice is made on a real device whenever one is ranked.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from pathlib import Path
 
 from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
 from .config import OBJECTIVES
+from .devices.fields import MB
 from .errors import MixpruneError, RunDirError
-from .report import write_report
-from .runs import RunDir, atomic_write_json, read_json
+from .runs import RunDir
 
 FORMAT_VERSION = 1
-RANKING_FILE = "ranking.json"
 LATENCY_NOISE_FLOOR = 0.05  # relative
 MEMORY_NOISE_MB, MEMORY_NOISE_FLOOR = 1.0, 0.02
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -72,10 +73,6 @@ def close_ids(cid: str, ids) -> str:
 
 
 # --- reading the run directory ------------------------------------------------------------
-def _optional(path: Path):
-    return read_json(path) if path.is_file() else None
-
-
 def load_run(run_dir) -> dict:
     """Every record ranking needs, with a clear error naming the stage that is missing."""
     run = RunDir(run_dir)
@@ -84,22 +81,10 @@ def load_run(run_dir) -> dict:
     if prune != "done":
         raise RunDirError(f"the prune stage of {run.root} has not finished; continue it with "
                           f"`mixprune prune --out {run.root} --resume`")
-    dense = read_json(run.dense_dir / "eval.json", stage_hint="prune")
-    models = {}
-    for cid in run.candidate_ids():
-        folder = run.candidate_dir(cid)
-        models[cid] = {
-            "strategy": read_json(folder / "strategy.json", stage_hint="prune"),
-            "eval": read_json(folder / "eval.json", stage_hint="prune"),
-            "export": _optional(folder / "export.json"),
-            "bench": {p.stem: read_json(p) for p in sorted((folder / "bench").glob("*.json"))},
-        }
+    models = {cid: dataclasses.asdict(run.candidate(cid).records()) for cid in run.candidate_ids()}
     if not models:
         raise RunDirError(f"{run.root} has no finished candidate; run `mixprune prune --out {run.root}`")
-    return {"root": run.root, "run": info, "dense": {
-        "eval": dense, "export": _optional(run.dense_dir / "export.json"),
-        "bench": {p.stem: read_json(p) for p in sorted((run.dense_dir / "bench").glob("*.json"))}},
-        "models": models}
+    return {"root": run.root, "run": info, "dense": dataclasses.asdict(run.dense.records()), "models": models}
 
 
 def benched_devices(records: dict) -> list[str]:
@@ -130,7 +115,7 @@ def _device_metrics(bench: dict | None) -> dict | None:
     return {"p50_ms": lat["p50"], "p90_ms": lat["p90"], "peak_rss_mb": bench["peak_rss_mb"],
             "model_bytes": bench["model_bytes"], "emulated": bool(bench["emulated"]),
             "cpu_only": list(bench.get("execution_providers") or [CPU_PROVIDER]) == [CPU_PROVIDER],
-            "over_memory_budget": bool(bench.get("over_budget")),
+            "over_memory_budget": bool(bench.get("over_memory_budget")),
             "over_latency_budget": bool(bench.get("over_latency_budget")),
             "over_size_budget": bool(bench.get("over_size_budget")),
             "memory_budget_mb": bench.get("memory_budget_mb"), "latency_budget_ms": bench.get("latency_budget_ms"),
@@ -146,7 +131,7 @@ def _device_reasons(device: str, m: dict | None, root: Path) -> list[str]:
     if m["over_latency_budget"]:
         reasons.append(f"{device}: p50 {m['p50_ms']:.3f} ms > latency budget {m['latency_budget_ms']:g} ms")
     if m["over_size_budget"]:
-        reasons.append(f"{device}: model file {m['model_bytes'] / 1e6:.1f} MB > size budget {m['size_budget_mb']:g} MB")
+        reasons.append(f"{device}: model file {m['model_bytes'] / MB:.1f} MB > size budget {m['size_budget_mb']:g} MB")
     return reasons
 
 
@@ -262,7 +247,7 @@ def speed_note(device: str, rows: list[dict], bands: dict) -> str:
                 f"not how fast a real board is; they are never used to rank against real timings")
     if bands["same_speed"]:
         sizes = [r["bytes"]["compact"] for r in rows if r["bytes"]]
-        size = f"; compact size {min(sizes) / 1e6:.2f}-{max(sizes) / 1e6:.2f} MB" if sizes else ""
+        size = f"; compact size {min(sizes) / MB:.2f}-{max(sizes) / MB:.2f} MB" if sizes else ""
         return (f"{device}: candidates differ only in accuracy and file size, not in speed or memory: "
                 f"unstructured sparsity on onnxruntime's CPU provider runs the same dense kernels "
                 f"(measured {spread}, spread is noise{size}); none of them is faster than the dense model")
@@ -355,21 +340,21 @@ def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, d
     return (f"{chosen['cid']}: {ties}{among}: held-out accuracy {chosen['accuracy']:.4f} (dense "
             f"{dense['accuracy']:.4f}, {versus}; chosen on the tune split: {chosen['tune_accuracy']:.4f} vs dense "
             f"{dense['tune_accuracy']:.4f}), {_pct(chosen['global_sparsity'])} sparsity, "
-            f"compact {chosen['bytes']['compact'] / 1e6:.2f} MB, p50 {m['p50_ms']:.3f} ms, "
+            f"compact {chosen['bytes']['compact'] / MB:.2f} MB, p50 {m['p50_ms']:.3f} ms, "
             f"peak RSS {m['peak_rss_mb']:.1f} MB")
 
 
 def rank_run(run_dir, *, max_drop: float = 1.0, devices=(), objective: str = "latency",
              export_notes: dict | None = None) -> dict:
-    """Rank a run directory, write ranking.json (and report.html + pareto.png); return the ranking.
-
-    Raises NoEligibleCandidate after writing them when no candidate meets every constraint.
-    """
-    records = load_run(run_dir)
-    ranking = rank(records, max_drop=max_drop, devices=devices, objective=objective, export_notes=export_notes)
-    root = Path(run_dir)
-    write_report(root, ranking, records)
-    atomic_write_json(root / RANKING_FILE, ranking)
-    if ranking["chosen"] is None:
-        raise NoEligibleCandidate(ranking["chosen_why"] + f" (every reason is in {root / RANKING_FILE})")
+    """Rank a run directory and write ranking.json; return the ranking (``chosen`` may be None)."""
+    run = RunDir(run_dir)
+    ranking = rank(load_run(run.root), max_drop=max_drop, devices=devices, objective=objective,
+                   export_notes=export_notes)
+    run.write_ranking(ranking)
     return ranking
+
+
+def require_choice(ranking: dict, run_dir) -> None:
+    """Raise NoEligibleCandidate when the ranking chose nothing (its records still say why)."""
+    if ranking["chosen"] is None:
+        raise NoEligibleCandidate(ranking["chosen_why"] + f" (every reason is in {RunDir(run_dir).ranking_json})")

@@ -30,12 +30,13 @@ from pathlib import Path, PurePosixPath
 
 from .errors import BundleError, RunDirError
 from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
-from .ranking import RANKING_FILE, close_ids
-from .runs import RunDir, atomic_write_bytes, read_json
+from .ranking import close_ids
+from .runs import ONNX_FILE, ModelRecords, RunDir, atomic_write_bytes
 
 FORMAT = "mixprune-bundle"
 FORMAT_VERSION = 1
-MANIFEST, MODEL, CARD = "manifest.json", "model.onnx", "MODEL_CARD.md"
+MANIFEST, CARD = "manifest.json", "MODEL_CARD.md"
+MODEL = ONNX_FILE  # the bundle holds the model under its run-directory name
 MANIFEST_KEYS = ("format", "files", "model", "strategy", "accuracy", "bench", "versions", "inputs")
 
 
@@ -46,14 +47,13 @@ def sha256_bytes(data: bytes) -> str:
 # --- building -------------------------------------------------------------------------
 def resolve_candidate(run: RunDir, candidate: str) -> tuple[str, dict | None]:
     """The candidate id to release ('best' = ranking.json's choice) and the ranking, if any."""
-    ranking_path = run.root / RANKING_FILE
-    ranking = read_json(ranking_path) if ranking_path.is_file() else None
+    ranking = run.read_ranking()
     if candidate == "best":
         if ranking is None:
-            raise RunDirError(f"{run.root} has no {RANKING_FILE}; run `mixprune rank {run.root}` first "
+            raise RunDirError(f"{run.root} has no {run.ranking_json.name}; run `mixprune rank {run.root}` first "
                               f"(or give `mixprune release {run.root} --candidate CID`)")
         if ranking["chosen"] is None:
-            raise RunDirError(f"{ranking_path} chose no candidate ({ranking['chosen_why']}); "
+            raise RunDirError(f"{run.ranking_json} chose no candidate ({ranking['chosen_why']}); "
                               f"give `mixprune release {run.root} --candidate CID` to release one anyway")
         candidate = ranking["chosen"]
     if candidate not in run.candidate_ids():
@@ -61,15 +61,12 @@ def resolve_candidate(run: RunDir, candidate: str) -> tuple[str, dict | None]:
     return candidate, ranking
 
 
-def build_manifest(run: RunDir, cid: str, ranking: dict | None) -> dict:
-    """Everything but ``files`` (the hashes are added once the files exist)."""
-    info = run.require()
-    folder = run.candidate_dir(cid)
-    strategy = read_json(folder / "strategy.json", stage_hint="prune")
-    evaluation = read_json(folder / "eval.json", stage_hint="prune")
-    export = read_json(folder / "export.json", stage_hint=f"export {run.root} --candidate {cid}")
-    dense = read_json(run.dense_dir / "eval.json", stage_hint="prune")
-    bench = {p.stem: read_json(p) for p in sorted((folder / "bench").glob("*.json"))}
+def build_manifest(info: dict, cid: str, records: ModelRecords, dense: dict, ranking: dict | None) -> dict:
+    """Everything but ``files`` (the hashes are added once the files exist).
+
+    ``info``: run.json; ``records``: the candidate's, with its export; ``dense``: the dense eval record.
+    """
+    strategy, evaluation, export, bench = records.strategy, records.eval, records.export, records.bench
     dataset = info.get("dataset", {})
     accuracy, source = accuracy_of(evaluation, REPORT_SPLIT)
     ranked = next((r for r in (ranking or {}).get("candidates", []) if r["cid"] == cid), None)
@@ -155,32 +152,31 @@ def _tar_bytes(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def default_bundle_path(run: RunDir, model: str, cid: str) -> Path:
-    return run.root / "release" / f"{model}-{cid}.tar.gz"
-
-
 def release(run_dir, candidate: str = "best", out: str | os.PathLike | None = None, force: bool = False) -> dict:
     """Write the bundle of ``candidate``; returns {path, sha256, manifest}."""
     run = RunDir(run_dir)
     info = run.require()
     cid, ranking = resolve_candidate(run, candidate)
-    folder = run.candidate_dir(cid)
-    onnx_path = folder / MODEL
-    export = read_json(folder / "export.json", stage_hint=f"export {run.root} --candidate {cid}")
+    folder = run.candidate(cid)
+    records = folder.records()
+    export = records.export
+    if export is None:
+        raise RunDirError(f"{folder.export_json} does not exist; run `mixprune export {run.root} --candidate {cid}` first")
+    onnx_path = folder.onnx_file
     if not onnx_path.is_file():
         raise RunDirError(f"{onnx_path} does not exist; run `mixprune export {run.root} --candidate {cid}`")
     model_bytes = onnx_path.read_bytes()
     if sha256_bytes(model_bytes) != export["onnx_sha256"]:
-        raise RunDirError(f"{onnx_path} does not match its export.json (changed since export); "
+        raise RunDirError(f"{onnx_path} does not match its {folder.export_json.name} (changed since export); "
                           f"re-run `mixprune export {run.root} --candidate {cid} --force`")
-    if not (folder / "bench").is_dir():
+    if not records.bench:
         raise RunDirError(f"{cid} has no bench record; run `mixprune bench {run.root} --device host` first")
-    path = Path(out) if out else default_bundle_path(run, info["model"]["name"], cid)
+    path = Path(out) if out else run.bundle_path(info["model"]["name"], cid)
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; pass --force to overwrite it or choose another --out")
     if not path.name.endswith((".tar.gz", ".tgz")):
         raise RunDirError(f"--out {path} must end in .tar.gz")
-    manifest = build_manifest(run, cid, ranking)
+    manifest = build_manifest(info, cid, records, run.dense.read_eval(), ranking)
     card = model_card(manifest).encode()
     manifest["files"] = {MODEL: sha256_bytes(model_bytes), CARD: sha256_bytes(card)}
     files = {MODEL: model_bytes, CARD: card,

@@ -14,7 +14,9 @@ import html
 import io
 from pathlib import Path
 
-from .runs import atomic_write_bytes
+from .devices.fields import MB
+from .errors import RunDirError
+from .runs import RunDir, atomic_write_bytes
 
 MARKERS = {"magnitude": "o", "gradient": "s", "product": "^", "mag": "x", "snip": "+", "grasp": "1", "uniform": "2"}
 COLORS = {"magnitude": "#9467bd", "gradient": "#d62728", "product": "#8c564b", "mag": "#ff7f0e", "snip": "#2ca02c",
@@ -82,7 +84,7 @@ def plot_device(ax, ranking, device, metric):
         x = lambda r: r["devices"][device].get("p50_ms")  # noqa: E731
         xlabel, what = f"p50 latency on {device} (ms)", "latency"
     else:
-        x = lambda r: r["bytes"]["compact"] / 1e6 if r["bytes"] else None  # noqa: E731
+        x = lambda r: r["bytes"]["compact"] / MB if r["bytes"] else None  # noqa: E731
         xlabel, what = "compact size (MB, lossless)", "size"
     y = lambda r: r["accuracy"] * 100  # noqa: E731
     _scatter_groups(ax, rows, x, y)
@@ -176,7 +178,7 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def _mb(n) -> str:
-    return f"{n / 1e6:.3f}" if n is not None else "-"
+    return f"{n / MB:.3f}" if n is not None else "-"
 
 
 def _candidate_table(ranking: dict) -> str:
@@ -230,12 +232,12 @@ def _baseline_table(ranking: dict) -> str:
             f"<th>difference pt</th></tr>{''.join(rows)}</table>")
 
 
-def render_html(ranking: dict, records: dict, pngs: dict[str, bytes]) -> str:
-    run = records["run"]
+def render_html(ranking: dict, run: dict, root: Path, pngs: dict[str, bytes]) -> str:
+    """``run``: the run record (run.json); ``root``: the run directory."""
     model = run.get("model", {})
     data = run.get("data", {})
     chosen = next((r for r in ranking["candidates"] if r["cid"] == ranking["chosen"]), None)
-    root = records["root"]
+    ranking_path = RunDir(root).ranking_json
     if chosen:
         dev_rows = "".join(
             f"<tr><td>{_e(d)}</td><td>p50 {m['p50_ms']:.3f} ms, p90 {m['p90_ms']:.3f} ms, peak RSS {m['peak_rss_mb']:.1f} MB"
@@ -285,13 +287,19 @@ measured noise count as ties).</p>
 <h2>Every candidate</h2>
 <p>Choice rule: {_e(ranking['rule'])}.</p>
 {_candidate_table(ranking)}
-<p class=sub>Records: {_e(root)}/ranking.json. {_e(versions)}.</p>
+<p class=sub>Records: {_e(ranking_path)}. {_e(versions)}.</p>
 </body></html>
 """
 
 
-def write_report(root: Path, ranking: dict, records: dict) -> None:
-    strategies = {cid: rec["strategy"] for cid, rec in records["models"].items()}
+def write_report(run_dir) -> RunDir:
+    """Draw report.html and pareto.png from the run's ranking.json and strategy records; returns the RunDir."""
+    run = RunDir(run_dir)
+    ranking = run.read_ranking()
+    if ranking is None:
+        raise RunDirError(f"{run.ranking_json} does not exist; run `mixprune rank {run.root}` first")
+    strategies = {row["cid"]: run.candidate(row["cid"]).read_strategy() for row in ranking["candidates"]}
     pngs = figures(ranking, strategies)
-    atomic_write_bytes(root / "pareto.png", pngs["pareto"])
-    atomic_write_bytes(root / "report.html", render_html(ranking, records, pngs).encode())
+    atomic_write_bytes(run.pareto_png, pngs["pareto"])
+    atomic_write_bytes(run.report_html, render_html(ranking, run.require(), run.root, pngs).encode())
+    return run

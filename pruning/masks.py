@@ -57,13 +57,9 @@ def achieved_sparsity(ratios: dict[str, float], sizes: dict[str, int]) -> float:
 
 @torch.no_grad()
 def apply_masks(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
+    """Zero every weight outside its keep-mask, as +0.0 (the stored masks cannot tell -0.0 apart)."""
     for name, mask in masks.items():
-        params[name].mul_(mask.to(params[name].dtype))
-
-
-def masks_from_zeros(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """The keep-masks of weights that are already pruned (zeros stay zeros in fine-tuning)."""
-    return {name: p.detach() != 0 for name, p in params.items()}
+        params[name].masked_fill_(~mask, 0.0)
 
 
 def measured_sparsity(params: dict[str, torch.Tensor]) -> tuple[dict[str, float], float]:

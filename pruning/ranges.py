@@ -20,8 +20,8 @@ from .roles import ROLE_PATTERNS, Layer
 
 SCHEDULES = ("constant", "cosine")
 MAX_RATIO = 0.99
-# every role pruning/roles.py gives a layer ("norm" for tables that name normalization layers)
-ROLES = tuple(role for role, _ in ROLE_PATTERNS) + ("classifier", "stem", "depthwise", "conv", "linear", "norm")
+# every role pruning/roles.py gives a layer (normalization weights are never layers: only conv and linear weights are)
+ROLES = tuple(role for role, _ in ROLE_PATTERNS) + ("classifier", "stem", "depthwise", "conv", "linear")
 
 # What a rule table may hold; mixprune.settings checks a table against these.
 TABLE_FIELDS = {

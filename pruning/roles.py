@@ -125,6 +125,11 @@ def _stages_from_blocks(layers: list[Layer]) -> None:
             layer.stage = layer.block * 4 // depth
 
 
+def prunable_names(model: nn.Module) -> list[str]:
+    """The prunable weights of ``model``, by parameter name, sorted."""
+    return sorted(layer.name for layer in discover_layers(model))
+
+
 def prunable_parameters(model: nn.Module, layers: list[Layer]) -> dict[str, torch.nn.Parameter]:
     params = dict(model.named_parameters())
     return {layer.name: params[layer.name] for layer in layers}

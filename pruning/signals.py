@@ -1,57 +1,22 @@
-"""Importance signals: how to score each weight (lowest score = pruned first).
+"""The calibration pass, and scoring every prunable weight with one of ``scores``' functions.
 
-One calibration pass over the calibration set collects everything the gradient-based
-scores need (the accumulated gradient g and the Hessian-gradient product Hg); every
-signal and baseline is then a cheap function of (w, g, Hg), never recomputed per
-strategy.
+One pass over the calibration set collects everything the gradient-based scores need
+(the accumulated gradient g and the Hessian-gradient product Hg); every signal and
+baseline is then a cheap function of (w, g, Hg), never recomputed per strategy.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
 from mixprune.errors import DataError
 from mixprune.progress import track
-from mixprune.registry import Registry
 from mixprune.training import make_loader
+
+from .scores import ScoreFn
 
 GRASP_TEMPERATURE = 200.0  # GraSP's softened logits (Wang et al., 2020)
 _FD_STEP = 1e-3  # relative finite-difference step for Hessian-gradient products
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-SIGNALS: Registry[ScoreFn] = Registry("signal")  # ranked within each layer
-BASELINE_SCORES: Registry[ScoreFn] = Registry("baseline")  # ranked across all layers at once
-
-
-# Mix-and-Match signals, ranked within each layer ---------------------------------------
-@SIGNALS.register("magnitude")
-def magnitude(w, g, hg):
-    return w.abs()
-
-
-@SIGNALS.register("gradient")
-def gradient(w, g, hg):
-    return g.abs()
-
-
-@SIGNALS.register("product")
-def product(w, g, hg):
-    return (w * g).abs()
-
-
-# Global baselines, ranked across all layers at once --------------------------------------
-BASELINE_SCORES.register("mag")(magnitude)
-BASELINE_SCORES.register("snip")(product)  # SNIP's connection sensitivity |w * dL/dw|
-BASELINE_SCORES.register("uniform")(magnitude)  # same ratio in every layer, magnitude within it
-
-
-@BASELINE_SCORES.register("grasp")
-def grasp(w, g, hg):
-    # GraSP removes the weights with the largest -w*Hg (their removal preserves gradient
-    # flow best), i.e. keeps the largest w*Hg: with "lowest is pruned" that is w*Hg.
-    return w * hg
 
 
 def calibrate(model, calibration_set, weight_names: list[str], batch_size: int = 64) -> dict[str, dict[str, torch.Tensor]]:

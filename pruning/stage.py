@@ -1,18 +1,19 @@
 """The prune stage: dense model -> calibration -> ranges -> 30 candidates + matched baselines.
 
-Reads a RunConfig, writes the run directory described in ARCHITECTURE.md. Every candidate is
-finished when its eval.json exists (written last), so a killed run resumes where it
-stopped and produces the same files: the calibration scores are cached and every step
-after them is deterministic.
+Reads a RunConfig, writes the run directory (mixprune.runs). Every candidate is finished
+when its eval.json exists (written last), so a killed run resumes where it stopped and
+produces the same files: the calibration scores are cached until every candidate is
+written (then only the masks need them no more, and they are the largest file of a run),
+ranges.json is read back, and every step after them is deterministic. Each step returns
+what it made; a plan kind is a type of its own (``MixMatchPlan``, ``BaselinePlan``) that
+knows its scores, its masks and its record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 import zlib
-from pathlib import Path
 
 import torch
 
@@ -20,36 +21,85 @@ from mixprune.accuracy import selection_accuracy
 from mixprune.config import RunConfig
 from mixprune.data import DataSpec, Splits, load_splits
 from mixprune.errors import RunDirError
-from mixprune.models import ModelSpec, build_model, load_weights, save_weights
+from mixprune.models import ModelSpec, build_model, load_state, load_weights, numpy_state
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import RunDir, atomic_write_json, clean_stale_temporaries, package_versions, read_json
+from mixprune.runs import CandidateDir, RunDir, package_versions
 from mixprune.training import evaluate, recalibrate_batchnorm, train
 
 from . import masks as masklib
 from .finetune import finetune
 from .ranges import RuleTable, get_table, layer_ranges
 from .roles import Layer, discover_layers, prunable_parameters
-from .signals import BASELINE_SCORES, SIGNALS, calibrate, score_all
+from .scores import BASELINES, SIGNALS, ScoreFn, global_methods
+from .signals import calibrate, score_all
 from .strategies import STRATEGIES, shift_to_sparsity
 
-GLOBAL_RANGE_METHODS = ("mag", "snip", "grasp")  # Phase 1: the paper's three global baselines
+
+def _rounded(ratios: dict[str, float]) -> dict[str, float]:
+    return {name: round(v, 6) for name, v in ratios.items()}
 
 
-@dataclasses.dataclass
-class CandidatePlan:
+@dataclasses.dataclass(frozen=True)
+class MixMatchPlan:
+    """One of the ten strategies of one signal: a target ratio per layer, ranked within each layer."""
     cid: str
-    kind: str  # "mixmatch" | "baseline"
-    signal: str  # mixmatch: magnitude|gradient|product; baseline: mag|snip|grasp|uniform
+    signal: str
     strategy: str
-    ratios: dict | None = None  # per-layer targets (mixmatch, uniform)
-    sampled: dict | None = None  # ratios before the shift to --sparsity
-    global_target: float | None = None  # global baselines
-    baselines: list = dataclasses.field(default_factory=list)  # matched baseline cids
+    ratios: dict[str, float]
+    sampled: dict[str, float]  # the strategy's ratios before any shift to --sparsity
+    target_sparsity: float | None  # --sparsity, when the ratios were shifted to it
+    baselines: tuple[str, ...]  # the matched baselines' ids
+    kind = "mixmatch"
+
+    @property
+    def score(self) -> ScoreFn:
+        return SIGNALS.get(self.signal)
+
+    def masks(self, scores: dict) -> dict:
+        return masklib.layer_masks(scores, self.ratios)
+
+    def record(self, masks: dict) -> dict:
+        shifted = {} if self.target_sparsity is None else {
+            "sampled": _rounded(self.sampled), "target_sparsity": self.target_sparsity}
+        matched = {"baselines": list(self.baselines)} if self.baselines else {}
+        return {"signal": self.signal, "strategy": self.strategy, "layers": _rounded(self.ratios), **shifted, **matched}
 
 
-@dataclasses.dataclass
-class Workspace:
-    """What every candidate step needs, loaded once."""
+@dataclasses.dataclass(frozen=True)
+class BaselinePlan:
+    """A baseline method at one global sparsity (that of the Mix-and-Match candidates it is matched to)."""
+    cid: str
+    method: str
+    sparsity: float
+    kind = "baseline"
+
+    @property
+    def score(self) -> ScoreFn:
+        return BASELINES.get(self.method).score
+
+    @property
+    def strategy(self) -> str:
+        return BASELINES.get(self.method).strategy
+
+    def masks(self, scores: dict) -> dict:
+        if self.strategy == "global":
+            return masklib.global_masks(scores, self.sparsity)
+        return masklib.layer_masks(scores, {name: self.sparsity for name in scores})
+
+    def record(self, masks: dict) -> dict:
+        if self.strategy == "global":  # the ratio the threshold left in each layer
+            return {"signal": self.method, "strategy": self.strategy, "layers": _rounded(masklib.mask_ratios(masks)),
+                    "global_target": self.sparsity}
+        return {"signal": self.method, "strategy": self.strategy,
+                "layers": _rounded({name: self.sparsity for name in masks})}
+
+
+Plan = MixMatchPlan | BaselinePlan
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Everything checked before anything is written: config, data, model, its layers, the rule table."""
     config: RunConfig
     run: RunDir
     spec: ModelSpec
@@ -57,9 +107,6 @@ class Workspace:
     model: torch.nn.Module
     layers: list[Layer]
     table: RuleTable
-    dense_state: dict = None
-    calibration: dict = None
-    recal_set: object = None
 
     @property
     def params(self) -> dict:
@@ -69,12 +116,25 @@ class Workspace:
     def sizes(self) -> dict[str, int]:
         return {layer.name: layer.params for layer in self.layers}
 
+    @property
+    def data_spec(self) -> DataSpec:
+        cfg = self.config
+        return DataSpec(source=cfg.data, img_size=cfg.img_size, calib_fraction=cfg.calib_fraction)
+
+    def sample_counts(self) -> dict:
+        return {"samples": len(self.splits.val), "tune_samples": len(self.splits.tune)}
+
+    def accuracies(self, label: str, suffix: str = "") -> dict:
+        """Held-out and tune accuracy of the model as it is, under eval.json's keys ending in ``suffix``."""
+        return {f"accuracy{suffix}": evaluate(self.model, self.splits.val, description=f"{label}: accuracy"),
+                f"tune_accuracy{suffix}": evaluate(self.model, self.splits.tune, description=f"{label}: tune accuracy")}
+
 
 def baseline_cid(method: str, sparsity: float) -> str:
     return f"base-{method}-s{sparsity * 100:.2f}"
 
 
-def prepare(config: RunConfig) -> Workspace:
+def prepare(config: RunConfig) -> Inputs:
     """Validate every input before anything is written: model, data, checkpoint, rule table."""
     table = get_table(config.model, config.rules)
     splits = load_splits(DataSpec(source=config.data, img_size=config.img_size, calib_fraction=config.calib_fraction))
@@ -89,197 +149,185 @@ def prepare(config: RunConfig) -> Workspace:
         raise RunDirError(f"model '{config.model}' has no prunable conv or linear weights")
     for strategy in table.strategies:
         STRATEGIES.get(strategy)
-    run = RunDir(config.out)
-    return Workspace(config=config, run=run, spec=spec, splits=splits, model=model, layers=layers, table=table)
+    return Inputs(config=config, run=RunDir(config.out), spec=spec, splits=splits, model=model, layers=layers,
+                  table=table)
 
 
-def open_run_dir(ws: Workspace, resume: bool) -> None:
-    run = ws.run
-    if run.exists() and not resume:
-        raise RunDirError(f"{run.root} already holds a run; pass --resume to continue it or choose another --out")
-    if not run.exists() and run.root.is_dir() and any(run.root.iterdir()):
-        raise RunDirError(f"{run.root} exists and is not a mixprune run directory; choose another --out")
-    clean_stale_temporaries(run.root)
+def open_run_dir(inputs: Inputs, resume: bool) -> None:
+    run = inputs.run
+    run.claim(resume=resume)
     record = run.load()
     record.update({
-        "config": ws.config.to_dict(), "model": ws.spec.to_dict(),
-        "data": DataSpec(source=ws.config.data, img_size=ws.config.img_size,
-                         calib_fraction=ws.config.calib_fraction).to_dict(),
-        "dataset": ws.splits.describe(), "seed": ws.config.seed, "rule_table": ws.table.name,
+        "config": inputs.config.to_dict(), "model": inputs.spec.to_dict(), "data": inputs.data_spec.to_dict(),
+        "dataset": inputs.splits.describe(), "seed": inputs.config.seed, "rule_table": inputs.table.name,
         "versions": package_versions(),
     })
     record.setdefault("stages", {})
     run.save(record)
 
 
-def dense_stage(ws: Workspace) -> dict:
-    dense = ws.run.dense_dir
-    if (dense / "eval.json").is_file():
-        load_weights(ws.model, dense / "weights.safetensors")
-        return read_json(dense / "eval.json")
-    cfg = ws.config
+def dense_stage(inputs: Inputs) -> dict:
+    """The dense model, trained unless a checkpoint or pretrained weights were given; returns its eval record."""
+    dense = inputs.run.dense
+    if dense.is_finished():
+        load_state(inputs.model, dense.load_state(), str(dense.weights_file))
+        return dense.read_eval()
+    cfg = inputs.config
     training = None
     if not cfg.checkpoint and not cfg.pretrained:
-        recipe = {**ws.table.training, **({"lr": cfg.train_lr} if cfg.train_lr is not None else {})}
-        say(f"training dense {cfg.model} for {cfg.train_epochs} epochs (Adam, {ws.table.name} recipe: "
+        recipe = {**inputs.table.training, **({"lr": cfg.train_lr} if cfg.train_lr is not None else {})}
+        say(f"training dense {cfg.model} for {cfg.train_epochs} epochs (Adam, {inputs.table.name} recipe: "
             + ", ".join(f"{k} {v}" for k, v in recipe.items()) + ")")
         torch.manual_seed(cfg.seed)
-        training = train(ws.model, ws.splits.train, epochs=cfg.train_epochs, seed=cfg.seed, tune_set=ws.splits.tune,
-                         description="dense training", **recipe)
+        training = train(inputs.model, inputs.splits.train, epochs=cfg.train_epochs, seed=cfg.seed,
+                         tune_set=inputs.splits.tune, description="dense training", **recipe)
         training["recipe"] = recipe
-    measured = _accuracies(ws, "dense")
-    save_weights(ws.model, dense / "weights.safetensors")
+    measured = inputs.accuracies("dense")
+    dense.save_state(numpy_state(inputs.model))
     record = {**measured, "accuracy_raw": measured["accuracy"], "tune_accuracy_raw": measured["tune_accuracy"],
-              "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **_sample_counts(ws),
+              "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
               "source": cfg.checkpoint or ("pretrained" if cfg.pretrained else "trained"), "training": training}
-    atomic_write_json(dense / "eval.json", record)
+    dense.write_eval(record)
     return record
 
 
-def calibration_stage(ws: Workspace) -> None:
-    from safetensors.torch import load_file
-
-    cache = ws.run.calibration_dir / "scores.safetensors"
-    names = [layer.name for layer in ws.layers]
-    if cache.is_file():
-        flat = load_file(str(cache))
+def calibration_stage(inputs: Inputs) -> dict:
+    """{"grad": {name: g}, "hg": {name: Hg}} of every prunable weight, computed once and cached."""
+    run, names = inputs.run, [layer.name for layer in inputs.layers]
+    if run.scores_file.is_file():
+        flat = {key: torch.from_numpy(array) for key, array in run.load_scores().items()}
     else:
-        result = calibrate(ws.model, ws.splits.calibration, names, batch_size=ws.config.batch_size)
+        result = calibrate(inputs.model, inputs.splits.calibration, names, batch_size=inputs.config.batch_size)
         flat = {f"{kind}/{name}": t for kind, per in result.items() for name, t in per.items()}
-        save_weights(flat, cache)
-    ws.calibration = {kind: {name: flat[f"{kind}/{name}"] for name in names} for kind in ("grad", "hg")}
+        run.save_scores(numpy_state(flat))
+    return {kind: {name: flat[f"{kind}/{name}"] for name in names} for kind in ("grad", "hg")}
 
 
-def ranges_stage(ws: Workspace) -> dict:
-    dense_weights = {name: p.detach() for name, p in ws.params.items()}
+def ranges_stage(inputs: Inputs, dense_weights: dict, calibration: dict) -> dict:
+    """Phase 1: every layer's [min, max] range from the global baselines at the target sparsities."""
     runs = {}
-    for method in GLOBAL_RANGE_METHODS:
-        scores = score_all(BASELINE_SCORES.get(method), dense_weights, ws.calibration)
-        for target in ws.config.targets:
+    methods = global_methods()
+    for method in methods:
+        scores = score_all(BASELINES.get(method).score, dense_weights, calibration)
+        for target in inputs.config.targets:
             runs[f"{method}@{target:g}"] = masklib.mask_ratios(masklib.global_masks(scores, target))
-    ranges = layer_ranges(ws.layers, runs, ws.table)
-    record = {"model": ws.spec.name, "rule_table": ws.table.describe(), "targets": list(ws.config.targets),
-              "methods": list(GLOBAL_RANGE_METHODS), "layers": ranges,
-              "global_runs": {label: {k: round(v, 6) for k, v in ratios.items()} for label, ratios in runs.items()}}
-    atomic_write_json(ws.run.ranges_json, record)
+    ranges = layer_ranges(inputs.layers, runs, inputs.table)
+    inputs.run.write_ranges({
+        "model": inputs.spec.name, "rule_table": inputs.table.describe(), "targets": list(inputs.config.targets),
+        "methods": list(methods), "layers": ranges,
+        "global_runs": {label: _rounded(ratios) for label, ratios in runs.items()}})
     return ranges
 
 
-def plan_candidates(ws: Workspace, ranges: dict) -> list[CandidatePlan]:
-    cfg = ws.config
+def plan_candidates(inputs: Inputs, ranges: dict) -> list[Plan]:
+    """Phase 2: ten strategies per signal, and the baselines matched to their achieved sparsities."""
+    cfg = inputs.config
     frozen = {name for name, r in ranges.items() if r["max"] == 0.0}
-    plans, baseline_targets = [], {}
+    plans, matched = [], {}
     for signal in cfg.signals:
-        for strategy in ws.table.strategies:
-            sampled = STRATEGIES.get(strategy)(ws.layers, ranges)
-            ratios = sampled if cfg.sparsity is None else shift_to_sparsity(sampled, ws.sizes, cfg.sparsity, frozen)
-            sparsity = round(masklib.achieved_sparsity(ratios, ws.sizes), 4)
-            matched = [baseline_cid(method, sparsity) for method in cfg.baselines]
-            baseline_targets.update({cid: (method, sparsity) for cid, method in zip(matched, cfg.baselines)})
-            plans.append(CandidatePlan(cid=f"mm-{signal}-{strategy}", kind="mixmatch", signal=signal,
-                                       strategy=strategy, ratios=ratios,
-                                       sampled=sampled if cfg.sparsity is not None else None, baselines=matched))
-    for cid, (method, sparsity) in sorted(baseline_targets.items()):
-        if method == "uniform":
-            plans.append(CandidatePlan(cid=cid, kind="baseline", signal=method, strategy="uniform",
-                                       ratios={layer.name: sparsity for layer in ws.layers}))
-        else:
-            plans.append(CandidatePlan(cid=cid, kind="baseline", signal=method, strategy="global",
-                                       global_target=sparsity))
-    return plans
+        for strategy in inputs.table.strategies:
+            sampled = STRATEGIES.get(strategy)(inputs.layers, ranges)
+            ratios = sampled if cfg.sparsity is None else shift_to_sparsity(sampled, inputs.sizes, cfg.sparsity, frozen)
+            sparsity = round(masklib.achieved_sparsity(ratios, inputs.sizes), 4)
+            baselines = [BaselinePlan(cid=baseline_cid(method, sparsity), method=method, sparsity=sparsity)
+                         for method in cfg.baselines]
+            matched.update({plan.cid: plan for plan in baselines})
+            plans.append(MixMatchPlan(cid=f"mm-{signal}-{strategy}", signal=signal, strategy=strategy, ratios=ratios,
+                                      sampled=sampled, target_sparsity=cfg.sparsity,
+                                      baselines=tuple(plan.cid for plan in baselines)))
+    return plans + [matched[cid] for cid in sorted(matched)]
 
 
-def _masks_for(ws: Workspace, plan: CandidatePlan, dense_weights: dict, score_cache: dict) -> dict:
-    key = (plan.kind, plan.signal)
-    if key not in score_cache:
-        fn = SIGNALS.get(plan.signal) if plan.kind == "mixmatch" else BASELINE_SCORES.get(plan.signal)
-        score_cache[key] = score_all(fn, dense_weights, ws.calibration)
-    scores = score_cache[key]
-    if plan.global_target is not None:
-        return masklib.global_masks(scores, plan.global_target)
-    return masklib.layer_masks(scores, plan.ratios)
+def recalibration_set(inputs: Inputs):
+    """The fixed subset of training images that re-estimates normalization statistics."""
+    generator = torch.Generator().manual_seed(inputs.config.seed)
+    order = torch.randperm(len(inputs.splits.train), generator=generator)[: inputs.config.recal_samples].tolist()
+    return torch.utils.data.Subset(inputs.splits.train, sorted(order))
 
 
-def _sample_counts(ws: Workspace) -> dict:
-    return {"samples": len(ws.splits.val), "tune_samples": len(ws.splits.tune)}
+@dataclasses.dataclass
+class Pruner:
+    """Phase 3 for one plan at a time: mask the dense model, re-estimate normalization, evaluate, store."""
+    inputs: Inputs
+    dense_state: dict  # torch tensors, restored before every candidate
+    dense_weights: dict  # the prunable ones
+    calibration: dict
+    recal_set: object
+    _scores: dict = dataclasses.field(default_factory=dict)  # per score function, computed once
+
+    def scores(self, fn: ScoreFn) -> dict:
+        if fn not in self._scores:
+            self._scores[fn] = score_all(fn, self.dense_weights, self.calibration)
+        return self._scores[fn]
+
+    def measure(self, label: str) -> dict:
+        """Accuracies before (``*_raw``) and after normalization re-estimation, and whether it ran."""
+        inputs = self.inputs
+        raw = inputs.accuracies(label, "_raw")
+        if not inputs.config.recalibrate or not recalibrate_batchnorm(inputs.model, self.recal_set,
+                                                                      description=f"{label}: re-estimate BN"):
+            return {"accuracy": raw["accuracy_raw"], "tune_accuracy": raw["tune_accuracy_raw"], **raw,
+                    "recalibrated": False}
+        return {**inputs.accuracies(f"{label} after BN"), **raw, "recalibrated": True}
+
+    def prune(self, plan: Plan) -> dict:
+        """Write the candidate's weights, strategy.json and eval.json (last); returns the eval record."""
+        inputs = self.inputs
+        folder = inputs.run.candidate(plan.cid)
+        inputs.model.load_state_dict(self.dense_state)
+        params = inputs.params
+        masks = plan.masks(self.scores(plan.score))
+        masklib.apply_masks(params, masks)
+        measured, global_sparsity = masklib.measured_sparsity(params)
+        accuracy = self.measure(plan.cid)
+        digest = folder.save_state(numpy_state(inputs.model), pruned=list(masks))
+        described = plan.record(masks)
+        folder.write_strategy({
+            "cid": plan.cid, "kind": plan.kind, **described, "global_sparsity": round(global_sparsity, 6),
+            "measured": _rounded(measured), "rule_table": inputs.table.name})
+        record = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
+                  "finetune": None, "weights_sha256": digest}
+        folder.write_eval(record)
+        return record
 
 
-def _accuracies(ws: Workspace, label: str, suffix: str = "") -> dict:
-    """Held-out and tune accuracy of the model as it is, under eval.json's keys ending in ``suffix``."""
-    return {f"accuracy{suffix}": evaluate(ws.model, ws.splits.val, description=f"{label}: accuracy"),
-            f"tune_accuracy{suffix}": evaluate(ws.model, ws.splits.tune, description=f"{label}: tune accuracy")}
-
-
-def _measure(ws: Workspace, label: str) -> dict:
-    """Accuracies before (``*_raw``) and after normalization re-estimation, and whether it ran."""
-    raw = _accuracies(ws, label, "_raw")
-    if not ws.config.recalibrate or not recalibrate_batchnorm(ws.model, ws.recal_set, description=f"{label}: re-estimate BN"):
-        return {"accuracy": raw["accuracy_raw"], "tune_accuracy": raw["tune_accuracy_raw"], **raw, "recalibrated": False}
-    return {**_accuracies(ws, f"{label} after BN"), **raw, "recalibrated": True}
-
-
-def prune_candidate(ws: Workspace, plan: CandidatePlan, dense_weights: dict, score_cache: dict) -> dict:
-    out = ws.run.candidate_dir(plan.cid)
-    ws.model.load_state_dict(ws.dense_state)
-    params = ws.params
-    masks = _masks_for(ws, plan, dense_weights, score_cache)
-    masklib.apply_masks(params, masks)
-    measured, global_sparsity = masklib.measured_sparsity(params)
-    measured_accuracy = _measure(ws, plan.cid)
-    weights_sha256 = save_weights(ws.model, out / "weights.safetensors")
-    targets = plan.ratios if plan.ratios is not None else masklib.mask_ratios(masks)
-    strategy = {
-        "cid": plan.cid, "kind": plan.kind, "signal": plan.signal, "strategy": plan.strategy,
-        "layers": {name: round(targets[name], 6) for name in targets},
-        "global_sparsity": round(global_sparsity, 6),
-        "measured": {name: round(v, 6) for name, v in measured.items()},
-        "rule_table": ws.table.name,
-    }
-    if plan.sampled is not None:
-        strategy["sampled"] = {name: round(v, 6) for name, v in plan.sampled.items()}
-        strategy["target_sparsity"] = ws.config.sparsity
-    if plan.global_target is not None:
-        strategy["global_target"] = plan.global_target
-    if plan.baselines:
-        strategy["baselines"] = plan.baselines
-    atomic_write_json(out / "strategy.json", strategy)
-    record = {**measured_accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
-              **_sample_counts(ws), "finetune": None, "weights_sha256": weights_sha256}
-    atomic_write_json(out / "eval.json", record)
-    return record
-
-
-def finetune_selection(ws: Workspace, plans: list[CandidatePlan], evals: dict[str, dict]) -> list[str]:
+def finetune_selection(config: RunConfig, plans: list[Plan], evals: dict[str, dict]) -> list[str]:
     """The best ``finetune_top`` Mix-and-Match candidates by tune accuracy, plus their matched baselines."""
-    top = sorted((p for p in plans if p.kind == "mixmatch"), key=lambda p: (-evals[p.cid]["tune_accuracy"], p.cid))
+    top = sorted((p for p in plans if isinstance(p, MixMatchPlan)),
+                 key=lambda p: (-evals[p.cid]["tune_accuracy"], p.cid))
     chosen = []
-    for plan in top[: ws.config.finetune_top]:
+    for plan in top[: config.finetune_top]:
         for cid in [plan.cid, *plan.baselines]:
             if cid not in chosen:
                 chosen.append(cid)
     return chosen
 
 
-def finetune_candidate(ws: Workspace, cid: str) -> dict:
-    out = ws.run.candidate_dir(cid)
-    record = read_json(out / "eval.json")
+def _load_candidate(inputs: Inputs, folder: CandidateDir) -> None:
+    load_state(inputs.model, folder.load_state(), f"the stored weights of {folder.id}")
+
+
+def finetune_candidate(inputs: Inputs, cid: str) -> dict:
+    """Fine-tune one candidate under its stored masks; returns its updated eval record."""
+    folder = inputs.run.candidate(cid)
+    record = folder.read_eval()
     if record["accuracy_finetuned"] is not None:
         return record
-    weights = out / "weights.safetensors"
-    load_weights(ws.model, weights)
-    weights_sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if weights_sha256 == record["weights_sha256"]:
-        cfg = ws.config
+    _load_candidate(inputs, folder)
+    digest = folder.weights_digest()
+    if digest == record["weights_sha256"]:
+        cfg = inputs.config
+        masks = {name: torch.from_numpy(mask) for name, mask in folder.keep_masks().items()}
         torch.manual_seed(cfg.seed + zlib.crc32(cid.encode()))
-        history = finetune(ws.model, ws.params, ws.splits.train, ws.splits.tune, epochs=cfg.finetune_epochs,
-                           lr=cfg.finetune_lr, patience=cfg.finetune_patience, batch_size=cfg.batch_size,
-                           seed=cfg.seed, description=f"fine-tune {cid}")
-        weights_sha256 = save_weights(ws.model, weights)
+        params = inputs.params
+        history = finetune(inputs.model, params, masks, inputs.splits.train, inputs.splits.tune,
+                           epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, patience=cfg.finetune_patience,
+                           batch_size=cfg.batch_size, seed=cfg.seed, description=f"fine-tune {cid}")
+        digest = folder.save_state(numpy_state(inputs.model), pruned=list(masks))
     else:  # killed after the fine-tuned weights landed but before eval.json: just measure them
         history = {"resumed": True}
-    finetuned = _accuracies(ws, cid, "_finetuned")
-    record.update(**finetuned, finetune=history, weights_sha256=weights_sha256)
-    atomic_write_json(out / "eval.json", record)
+    record.update(**inputs.accuracies(cid, "_finetuned"), finetune=history, weights_sha256=digest)
+    folder.write_eval(record)
     return record
 
 
@@ -287,12 +335,12 @@ def run_prune(config: RunConfig, resume: bool = False) -> dict:
     """The whole prune stage; returns a summary with timings per phase."""
     timings = {}
     start = time.perf_counter()
-    ws = prepare(config)
-    open_run_dir(ws, resume)
-    splits = ws.splits
+    inputs = prepare(config)
+    open_run_dir(inputs, resume)
+    splits, run = inputs.splits, inputs.run
     say(f"data: {len(splits.train)} training images, {len(splits.tune)} tune images (every choice; one image = "
         f"{100 / len(splits.tune):.2f} accuracy points), {len(splits.val)} held-out images (reported)")
-    ws.run.set_stage("prune", "running")
+    run.set_stage("prune", "running")
 
     def lap(name):
         nonlocal start
@@ -301,42 +349,46 @@ def run_prune(config: RunConfig, resume: bool = False) -> dict:
         start = now
 
     lap("prepare")
-    dense = dense_stage(ws)
-    ws.dense_state = {k: v.clone() for k, v in ws.model.state_dict().items()}
+    dense = dense_stage(inputs)
+    dense_state = {k: v.clone() for k, v in inputs.model.state_dict().items()}
+    dense_weights = {name: p.detach().clone() for name, p in inputs.params.items()}
     lap("dense")
-    calibration_stage(ws)
-    lap("calibration")
-    ranges = ranges_stage(ws)
-    plans = plan_candidates(ws, ranges)
-    lap("ranges")
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(ws.splits.train), generator=generator)[: config.recal_samples].tolist()
-    ws.recal_set = torch.utils.data.Subset(ws.splits.train, sorted(order))
-    dense_weights = {name: p.detach().clone() for name, p in ws.params.items()}
-    evals, score_cache = {}, {}
-    done = set(ws.run.candidate_ids())
-    with progress_bar() as progress:
-        counter = Counter(progress, "candidates", total=len(plans))
-        for plan in plans:
-            if plan.cid in done:
-                evals[plan.cid] = read_json(ws.run.candidate_dir(plan.cid) / "eval.json")
-            else:
-                evals[plan.cid] = prune_candidate(ws, plan, dense_weights, score_cache)
-            counter.advance(plan.cid)
+    done = set(run.candidate_ids())
+    calibration = None
+    if run.ranges_json.is_file():  # a resumed run keeps the ranges its finished candidates were made from
+        ranges = run.read_ranges()["layers"]
+    else:
+        calibration = calibration_stage(inputs)
+        ranges = ranges_stage(inputs, dense_weights, calibration)
+    plans = plan_candidates(inputs, ranges)
+    todo = [plan for plan in plans if plan.cid not in done]
+    if todo and calibration is None:
+        calibration = calibration_stage(inputs)
+    lap("calibration and ranges")
+    evals = {plan.cid: run.candidate(plan.cid).read_eval() for plan in plans if plan.cid in done}
+    if todo:
+        pruner = Pruner(inputs, dense_state=dense_state, dense_weights=dense_weights, calibration=calibration,
+                        recal_set=recalibration_set(inputs))
+        with progress_bar() as progress:
+            counter = Counter(progress, "candidates" + (f" ({len(evals)} finished before)" if evals else ""),
+                              total=len(todo))
+            for plan in todo:
+                evals[plan.cid] = pruner.prune(plan)
+                counter.advance(plan.cid)
+    run.drop_scores()
     say(f"pruned {len(plans)} candidates ({len(done)} resumed)")
     lap("candidates")
     finetuned = []
     if config.finetune_epochs > 0 and config.finetune_top > 0:
-        finetuned = finetune_selection(ws, plans, evals)
+        finetuned = finetune_selection(config, plans, evals)
         for cid in finetuned:
-            evals[cid] = finetune_candidate(ws, cid)
+            evals[cid] = finetune_candidate(inputs, cid)
     lap("finetune")
+    mixmatch = [p for p in plans if isinstance(p, MixMatchPlan)]
     summary = {
-        "dense_accuracy": dense["accuracy"], "candidates": len(plans),
-        "mixmatch": sum(p.kind == "mixmatch" for p in plans), "baselines": sum(p.kind == "baseline" for p in plans),
-        "finetuned": finetuned, "resumed": len(done), "timings_s": timings,
-        "best": min((p for p in plans if p.kind == "mixmatch"),
-                    key=lambda p: (-selection_accuracy(evals[p.cid]), p.cid)).cid,
+        "dense_accuracy": dense["accuracy"], "candidates": len(plans), "mixmatch": len(mixmatch),
+        "baselines": len(plans) - len(mixmatch), "finetuned": finetuned, "resumed": len(done), "timings_s": timings,
+        "best": min(mixmatch, key=lambda p: (-selection_accuracy(evals[p.cid]), p.cid)).cid,
     }
-    ws.run.set_stage("prune", "done", summary=summary)
+    run.set_stage("prune", "done", summary=summary)
     return summary

@@ -5,19 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from mixprune.cli import main
 from mixprune.data import DataSpec, load_splits
 from mixprune.errors import CheckpointError, DataError
 from mixprune.models import ModelSpec, build_model, load_weights
 
+from tests.helpers import cli
+
 TINY = ModelSpec(name="test_resnet", num_classes=10, in_chans=1, img_size=16)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def assert_refused(result, *phrases):
@@ -29,9 +25,9 @@ def assert_refused(result, *phrases):
 
 
 def test_models_list_and_close_names():
-    result = invoke("models", "list", "resnet1*")
+    result = cli("models", "list", "resnet1*")
     assert result.exit_code == 0 and "resnet18" in result.output.split()
-    result = invoke("prune", "--model", "resnt18", "--out", "never")
+    result = cli("prune", "--model", "resnt18", "--out", "never")
     assert_refused(result, "unknown model 'resnt18'", "resnet18")
 
 
@@ -64,7 +60,7 @@ def test_checkpoints_in_both_formats_load_and_mismatches_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_weights(other, tmp_path / "bad.pt")
     out = tmp_path / "run"
-    assert_refused(invoke("prune", "--model", "resnet18", "--checkpoint", tmp_path / "w.safetensors", "--out", out),
+    assert_refused(cli("prune", "--model", "resnet18", "--checkpoint", tmp_path / "w.safetensors", "--out", out),
                    "does not fit the model")
     assert not out.exists()
 
@@ -102,7 +98,7 @@ def test_image_folder_dataset(tmp_path):
     assert len(splits.val) == 8 and len(splits.train) + len(splits.tune) == 24 and len(splits.calibration) >= 2
     image, label = splits.val[0]
     assert tuple(image.shape) == (3, 16, 16) and label in (0, 1)
-    result = invoke("prune", "--model", "test_resnet", "--data", tmp_path / "data", "--img-size", "16",
+    result = cli("prune", "--model", "test_resnet", "--data", tmp_path / "data", "--img-size", "16",
                     "--train-epochs", "2", "--finetune-epochs", "0", "--signals", "magnitude",
                     "--baselines", "mag", "--calib-fraction", "0.25", "--train-lr", "5e-4", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
@@ -124,7 +120,7 @@ def test_image_folder_dataset(tmp_path):
 ])
 def test_bad_input_leaves_nothing_behind(tmp_path, args, phrase):
     out = tmp_path / "run"
-    result = invoke("prune", "--model", "test_resnet", "--out", out, *args)
+    result = cli("prune", "--model", "test_resnet", "--out", out, *args)
     assert result.exit_code == 2, result.output
     assert phrase in result.output
     assert not out.exists()
@@ -134,15 +130,15 @@ def test_malformed_rule_table_via_cli(tmp_path):
     rules = tmp_path / "rules.toml"
     rules.write_text('name = "mine"\nextends = "generic"\n[[rules]]\nname = "x"\nmax = "lots"\n')
     out = tmp_path / "run"
-    assert_refused(invoke("prune", "--model", "test_resnet", "--rules", rules, "--out", out), "rules[0].max")
+    assert_refused(cli("prune", "--model", "test_resnet", "--rules", rules, "--out", out), "rules[0].max")
     assert not out.exists()
 
 
 def test_missing_out_and_existing_run(tmp_path):
-    assert_refused(invoke("prune", "--model", "test_resnet"), "--out is required")
+    assert_refused(cli("prune", "--model", "test_resnet"), "--out is required")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    assert_refused(invoke("prune", "--model", "test_resnet", "--img-size", "16", "--out", tmp_path / "run"),
+    assert_refused(cli("prune", "--model", "test_resnet", "--img-size", "16", "--out", tmp_path / "run"),
                    "not a mixprune run directory")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
 

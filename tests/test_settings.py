@@ -7,26 +7,22 @@ import ast
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from mixprune.cli import main
-from mixprune.config import CONFIG_ONLY, FIELDS, MAX_SHIFTED_RATIO, RunConfig, flag_label
+from mixprune.config import (CONFIG_ONLY, FIELDS, MAX_SHIFTED_RATIO, QUICK_DEFAULTS, RUN_DEFAULTS, RunConfig,
+                             flag_label)
 from mixprune.errors import ConfigError
 from mixprune.settings import Field, check_value
+
+from tests.helpers import cli, heavy_imports
 
 REPO = Path(__file__).resolve().parents[1]
 VALID_PROFILE = ('name = "box"\narch = "x86_64"\ncores = 1\n\n[onnxruntime]\nintra_op_threads = 1\n\n'
                  '[benchmark]\nwarmup = 1\nruns = 5\n\n[runner]\nkind = "local"\n')
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def assert_one_line_refusal(result, *phrases):
@@ -122,8 +118,8 @@ BAD_CONFIGS = [
     ("bench_runs = 0", "bench_runs must be >= 1"),
     ("bench-warmup = -1", "bench-warmup must be >= 0"),
     ('bench_warmup = "2"', "bench_warmup must be an integer >= 0"),
-    ('mode = "structured"', "mode must be unstructured (structured and both are not available yet)"),
-    ('executor = "ray"', "executor must be local (ray is not available yet)"),
+    ('mode = "structured"', "mode must be unstructured (later issues add structured and both), got 'structured'"),
+    ('executor = "ray"', "executor must be local (a later issue adds ray), got 'ray'"),
     ("batchsize = 64", "unknown key(s) batchsize (did you mean batch_size?)"),
     ('[run]\nmodel = "resnet18"', "unknown key(s) run"),
     ("targets = [0.7,", "is not valid TOML"),
@@ -136,7 +132,7 @@ def test_bad_config_file_is_one_line_and_nothing_is_written(tmp_path, command, t
     config = tmp_path / "bad.toml"
     config.write_text(text + "\n")
     out = tmp_path / "x"
-    result = invoke(command, "--config", config, "--out", out)
+    result = cli(command, "--config", config, "--out", out)
     assert_one_line_refusal(result, f"config file {config}", message)
     assert not out.exists()
 
@@ -163,7 +159,7 @@ def test_every_field_refuses_a_wrong_type_in_one_line(tmp_path, name, value):
     config = tmp_path / "bad.toml"
     config.write_text(f"{name} = {toml_value(value)}\n")
     out = tmp_path / "x"
-    result = invoke("run", "--config", config, "--out", out)
+    result = cli("run", "--config", config, "--out", out)
     assert_one_line_refusal(result, f"config file {config}: {name} must be {FIELDS[name].allowed()}, got ")
     assert not out.exists()
 
@@ -191,7 +187,7 @@ def test_the_config_table_covers_every_field_and_accepts_good_values(tmp_path):
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, command, args, message):
     out = tmp_path / "x"
-    result = invoke(command, "--out", out, *args)
+    result = cli(command, "--out", out, *args)
     assert_one_line_refusal(result, message)
     assert not out.exists()
 
@@ -199,7 +195,7 @@ def test_bad_flags_are_refused_before_any_work(tmp_path, command, args, message)
 def test_flags_win_over_a_bad_value_only_after_the_file_is_checked(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("sparsity = 0.99\n")  # a bad file is refused even when a flag would override it
-    assert_one_line_refusal(invoke("prune", "--config", config, "--sparsity", "0.5", "--out", tmp_path / "x"),
+    assert_one_line_refusal(cli("prune", "--config", config, "--sparsity", "0.5", "--out", tmp_path / "x"),
                             "config file", "sparsity must be in [0, 0.98]")
     with pytest.raises(ConfigError, match=r"^batch_size must be >= 1"):  # a Python caller, no such flag
         RunConfig.build(batch_size=0)
@@ -246,6 +242,95 @@ def test_flag_labels_are_real_flags_and_config_only_keys_have_none():
             assert flag_label(name) == name
         else:
             assert flag_label(name) in flags, (name, flag_label(name), flags)
+
+
+# --- defaults: shown by click, from RunConfig (and RUN_DEFAULTS for run), never overriding --config ------
+@pytest.mark.parametrize("command, presets, fields", [
+    ("prune", (), None), ("run", (RUN_DEFAULTS,), None),  # None: every option that sets a RunConfig field
+    ("rank", (), {"max_drop", "objective"}), ("export", (), {"storage"}),
+])
+def test_help_shows_the_defaults_the_command_runs_with(command, presets, fields):
+    expected = RunConfig.build(None, presets)  # what the command works with when no flag is given
+    cmd = main.commands[command]
+    ctx = click.Context(cmd, info_name=command)
+    checked = set()
+    for option in cmd.params:
+        assert "default:" not in (option.help or "").lower(), (command, option.name)  # click writes them
+        if option.name not in (FIELDS if fields is None else fields):
+            continue
+        value = getattr(expected, option.name)
+        if value in (None, {}) or isinstance(value, bool) or option.name == "out":
+            continue
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        text = option.get_help_record(ctx)[1]
+        assert f"[default: {shown}]" in text or f"[default: {shown};" in text, (command, option.name, text)
+        checked.add(option.name)
+    if fields is not None:
+        assert checked == fields
+    elif command == "run":
+        assert {"finetune_epochs", "finetune_top", "max_drop", "mode", "executor", "devices"} <= checked
+    else:
+        assert {"model", "signals", "targets", "finetune_epochs", "finetune_lr", "seed"} <= checked
+
+
+@pytest.fixture
+def stages(monkeypatch):
+    """The RunConfig each `prune` or `run` hands to its stage; the stages themselves do not run."""
+    import mixprune.pipeline
+    import mixprune.pruning.stage
+
+    seen = []
+
+    def prune(config, resume=False):
+        seen.append(config)
+        return {"mixmatch": 0, "baselines": 0, "best": "-", "dense_accuracy": 0.0}
+
+    def pipeline(config, resume=False, force=False):
+        seen.append(config)
+        return {"out": Path(config.out), "timings_s": {}, "ranking": {"chosen_why": "-", "speed_note": "-"},
+                "bundle": {"path": "-", "sha256": "0" * 64}}
+
+    monkeypatch.setattr(mixprune.pruning.stage, "run_prune", prune)
+    monkeypatch.setattr(mixprune.pipeline, "run_pipeline", pipeline)
+    return seen
+
+
+@pytest.mark.parametrize("command, presets", [("prune", ()), ("run", (RUN_DEFAULTS,))])
+def test_flags_not_given_keep_the_config_files_values(tmp_path, stages, command, presets):
+    config = tmp_path / "c.toml"
+    config.write_text('model = "test_resnet"\nfinetune-epochs = 5\nsignals = ["gradient"]\nmax_drop = 2.5\n'
+                      'seed = 7\n')
+    result = cli(command, "--config", config, "--out", tmp_path / "r", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    (built,) = stages
+    assert (built.model, built.finetune_epochs, built.signals, built.max_drop) == ("test_resnet", 5, ("gradient",), 2.5)
+    assert built.seed == 3  # a flag given wins over the file
+    default = RunConfig.build(None, presets)  # the rest: the command's defaults
+    assert (built.finetune_top, built.targets, built.img_size) == (default.finetune_top, default.targets, default.img_size)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["prune", "run"])
+def test_resume_keeps_the_runs_settings(tmp_path, stages, command):
+    out = tmp_path / "r"
+    out.mkdir()
+    stored = RunConfig(out=str(out), model="test_resnet", img_size=16, finetune_epochs=5, finetune_top=2, seed=7,
+                       signals=("product",), max_drop=0.5)
+    (out / "run.json").write_text(json.dumps({"config": stored.to_dict()}))
+    result = cli(command, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert stages[0].to_dict() == stored.to_dict()
+    assert_one_line_refusal(cli(command, "--out", out, "--resume", "--seed", "8"), "--resume: --seed differ")
+    assert len(stages) == 1
+
+
+def test_quick_presets_apply_and_flags_win(stages):
+    result = cli("run", "--quick", "--export-top", "5")
+    assert result.exit_code == 0, result.output
+    (built,) = stages
+    assert (built.model, built.img_size, built.finetune_epochs) == \
+        (QUICK_DEFAULTS["model"], QUICK_DEFAULTS["img_size"], QUICK_DEFAULTS["finetune_epochs"])
+    assert built.export_top == 5 and built.out == str(Path("runs") / f"{QUICK_DEFAULTS['model']}-digits")
 
 
 def _string_constants(path: Path):
@@ -304,7 +389,7 @@ def test_bad_rule_table_is_one_line_and_nothing_is_written(tmp_path, text, messa
     rules = tmp_path / "rules.toml"
     rules.write_text(text)
     out = tmp_path / "x"
-    result = invoke("prune", "--model", "test_resnet", "--rules", rules, "--out", out)
+    result = cli("prune", "--model", "test_resnet", "--rules", rules, "--out", out)
     assert_one_line_refusal(result, f"rule table {rules}: ", message)
     assert not out.exists()
 
@@ -313,12 +398,12 @@ def test_unreadable_rule_table_and_config_files(tmp_path):
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\x89PNG\r\n\x00\xff")
     out = tmp_path / "x"
-    assert_one_line_refusal(invoke("prune", "--model", "test_resnet", "--rules", binary, "--out", out),
+    assert_one_line_refusal(cli("prune", "--model", "test_resnet", "--rules", binary, "--out", out),
                             f"cannot read rule table {binary}")
-    assert_one_line_refusal(invoke("run", "--config", binary, "--out", out), f"cannot read config file {binary}")
+    assert_one_line_refusal(cli("run", "--config", binary, "--out", out), f"cannot read config file {binary}")
     config = tmp_path / "c.toml"
     config.write_text(f'model = "test_resnet"\nrules = {json.dumps(str(tmp_path))}\n')
-    assert_one_line_refusal(invoke("prune", "--config", config, "--out", out), "is a directory, not a file")
+    assert_one_line_refusal(cli("prune", "--config", config, "--out", out), "is a directory, not a file")
     assert not out.exists()
 
 
@@ -349,21 +434,21 @@ BAD_PROFILES = [
 def test_bad_device_profile_is_one_line(tmp_path, text, message):
     profile = tmp_path / "bad.toml"
     profile.write_text(text)
-    assert_one_line_refusal(invoke("devices", "show", profile), f"{profile}: ", message)
+    assert_one_line_refusal(cli("devices", "show", profile), f"{profile}: ", message)
     model = tmp_path / "model.onnx"
     model.write_bytes(b"not read: the profile is refused first")
-    assert_one_line_refusal(invoke("bench", model, "--device", profile), message)
+    assert_one_line_refusal(cli("bench", model, "--device", profile), message)
     config = tmp_path / "run.toml"
     config.write_text(f"devices = [{json.dumps(str(profile))}]\n")
     out = tmp_path / "x"
-    assert_one_line_refusal(invoke("run", "--config", config, "--out", out), message)
+    assert_one_line_refusal(cli("run", "--config", config, "--out", out), message)
     assert not out.exists()
 
 
 def test_the_valid_profile_of_these_tests_loads(tmp_path):
     profile = tmp_path / "good.toml"
     profile.write_text(VALID_PROFILE)
-    result = invoke("devices", "show", profile)
+    result = cli("devices", "show", profile)
     assert result.exit_code == 0, result.output
 
 
@@ -382,9 +467,19 @@ def test_field_descriptions_and_conversions():
         Field("number", range="0..1")
 
 
+# mixprune.config reads the signal and baseline names from mixprune.pruning.scores, which imports no torch
+HEAVY = ("torch", "timm", "onnx", "mixprune.exporter", "mixprune.pruning.stage", "mixprune.pruning.signals")
+
+
 def test_settings_modules_stay_light():
-    code = ("import sys, mixprune.settings, mixprune.config, mixprune.devices.profiles, mixprune.cli\n"
-            "heavy = [m for m in ('torch', 'timm', 'mixprune.pruning', 'mixprune.exporter') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    imports = ("mixprune.settings", "mixprune.config", "mixprune.devices.profiles", "mixprune.cli")
+    assert heavy_imports(HEAVY, imports=imports) == []
+
+
+@pytest.mark.parametrize("command", [["--help"], ["prune", "--help"], ["run", "--help"]])
+def test_help_stays_light(command):
+    assert heavy_imports(("torch", "timm", "onnx", "mixprune.exporter"), command=command) == []
+
+
+def test_the_light_check_sees_heavy_imports():
+    assert {"mixprune.pruning.stage", "torch"} <= set(heavy_imports(HEAVY, imports=("mixprune.pruning.stage",)))

@@ -28,7 +28,7 @@ from pathlib import Path
 from mixprune.config import RunConfig
 from mixprune.pruning.ranges import get_table
 from mixprune.pruning.stage import run_prune
-from mixprune.runs import atomic_write_bytes, atomic_write_json, package_versions
+from mixprune.runs import RunDir, atomic_write_bytes, atomic_write_json, package_versions
 
 HERE = Path(__file__).parent
 STUDY = {
@@ -47,11 +47,12 @@ def read(path: Path) -> dict:
 
 def summarize_run(run: Path) -> dict:
     """Held-out accuracy of the best Mix-and-Match candidate (picked on tune) and of each global baseline at S."""
-    dense = read(run / "dense" / "eval.json")
+    run = RunDir(run)
+    dense = run.dense.read_eval()
     rows = {}
-    for cdir in sorted((run / "candidates").iterdir()):
-        strategy, record = read(cdir / "strategy.json"), read(cdir / "eval.json")
-        rows[cdir.name] = dict(kind=strategy["kind"], signal=strategy["signal"], strategy=strategy["strategy"],
+    for cid in run.candidate_ids():
+        strategy, record = run.candidate(cid).read_strategy(), run.candidate(cid).read_eval()
+        rows[cid] = dict(kind=strategy["kind"], signal=strategy["signal"], strategy=strategy["strategy"],
                                sparsity=strategy["global_sparsity"], raw=record["accuracy_raw"],
                                recal=record["accuracy"], finetuned=record["accuracy_finetuned"],
                                tune_raw=record["tune_accuracy_raw"], tune_recal=record["tune_accuracy"],
@@ -83,10 +84,10 @@ def run_one(model_key: str, setup: dict, seed: int, sparsity: float, work: Path)
     start = time.perf_counter()
     summary = run_prune(RunConfig.build(**flags))
     if not dense_ckpt.is_file():
-        shutil.copy(out / "dense" / "weights.safetensors", dense_ckpt)
+        shutil.copy(RunDir(out).dense.weights_file, dense_ckpt)
     result = dict(model=model_key, seed=seed, sparsity=sparsity, seconds=round(time.perf_counter() - start, 1),
                   timings_s=summary["timings_s"], **summarize_run(out))
-    shutil.rmtree(out)  # ~1.5 GB of candidate weights per resnet18 run
+    shutil.rmtree(out)
     return result
 
 

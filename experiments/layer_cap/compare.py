@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mixprune.config import RunConfig
 from mixprune.pruning.stage import run_prune
-from mixprune.runs import atomic_write_json, package_versions
+from mixprune.runs import RunDir, atomic_write_json, package_versions
 
 HERE = Path(__file__).parent
 FULL = 0.9999  # a layer at or above this ratio keeps (almost) nothing
@@ -36,16 +36,15 @@ SETTINGS = dict(model="resnet18", data="digits", finetune_epochs=0)
 
 def prune(out: Path, **flags) -> Path:
     config = RunConfig.build(**SETTINGS, out=str(out), **flags)
-    run_prune(config, resume=(out / "run.json").is_file())
+    run_prune(config, resume=RunDir(out).exists())
     return out
 
 
 def candidates(run: Path) -> dict[str, dict]:
-    rows = {}
-    for folder in sorted((run / "candidates").iterdir()):
-        strategy = json.loads((folder / "strategy.json").read_text())
-        record = json.loads((folder / "eval.json").read_text())
-        rows[folder.name] = dict(kind=strategy["kind"], signal=strategy["signal"],
+    rows, run = {}, RunDir(run)
+    for cid in run.candidate_ids():
+        strategy, record = run.candidate(cid).read_strategy(), run.candidate(cid).read_eval()
+        rows[cid] = dict(kind=strategy["kind"], signal=strategy["signal"],
                                  full_layers=sorted(n for n, r in strategy["measured"].items() if r >= FULL),
                                  above_cap=sorted(n for n, r in strategy["measured"].items() if r > CAP + 1e-6),
                                  sparsity=strategy["global_sparsity"],
@@ -57,39 +56,40 @@ def candidates(run: Path) -> dict[str, dict]:
 def capped_baseline(run: Path, cid: str, layers: list[str]) -> dict:
     """A baseline's accuracy once the best-scored 1% of each of ``layers`` is restored (see the docstring)."""
     import torch
-    from safetensors.torch import load_file
 
     from mixprune.data import DataSpec, load_splits
-    from mixprune.models import ModelSpec, build_model, load_weights
-    from mixprune.pruning.signals import BASELINE_SCORES
+    from mixprune.models import ModelSpec, build_model, load_state
+    from mixprune.pruning.scores import BASELINES
+    from mixprune.pruning.stage import calibration_stage, prepare
     from mixprune.training import evaluate, recalibrate_batchnorm
 
-    info = json.loads((run / "run.json").read_text())
+    run = RunDir(run)
+    info = run.require()
     config = RunConfig.build(**{k: v for k, v in info["config"].items()})
     splits = load_splits(DataSpec.from_dict(info["data"]))
+    dense = {name: torch.from_numpy(array) for name, array in run.dense_state().items()}
+    inputs = prepare(config)  # the stage drops its calibration cache once the candidates exist: recompute it
+    load_state(inputs.model, dense, "dense")
+    calibration = calibration_stage(inputs)
+    run.drop_scores()
     model = build_model(ModelSpec.from_dict(info["model"]))
-    load_weights(model, run / "candidates" / cid / "weights.safetensors")
-    dense = load_file(str(run / "dense" / "weights.safetensors"))
-    scores = load_file(str(run / "calibration" / "scores.safetensors"))
-    method = json.loads((run / "candidates" / cid / "strategy.json").read_text())["signal"]
+    load_state(model, run.candidate(cid).load_state(), cid)
+    strategy = run.candidate(cid).read_strategy()
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name in layers:
             w = dense[name]
-            score = BASELINE_SCORES.get(method)(w, scores[f"grad/{name}"], scores[f"hg/{name}"]).reshape(-1)
+            score = BASELINES.get(strategy["signal"]).score(w, calibration["grad"][name],
+                                                            calibration["hg"][name]).reshape(-1)
             keep = score.topk(max(1, round((1 - CAP) * w.numel()))).indices
             flat = params[name].data.reshape(-1)
             flat[keep] = w.reshape(-1)[keep]
     # the stage's normalization re-estimation set: the same seeded sample of the training split
     order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(config.seed))
     recalibrate_batchnorm(model, torch.utils.data.Subset(splits.train, sorted(order[: config.recal_samples].tolist())))
-    zeros = sum(int((params[n] == 0).sum()) for n in strategy_layers(run, cid))
+    zeros = sum(int((params[n] == 0).sum()) for n in strategy["layers"])
     return dict(accuracy=evaluate(model, splits.val), tune_accuracy=evaluate(model, splits.tune),
-                sparsity=zeros / sum(params[n].numel() for n in strategy_layers(run, cid)))
-
-
-def strategy_layers(run: Path, cid: str) -> list[str]:
-    return list(json.loads((run / "candidates" / cid / "strategy.json").read_text())["layers"])
+                sparsity=zeros / sum(params[n].numel() for n in strategy["layers"]))
 
 
 def main() -> int:
@@ -107,8 +107,8 @@ def main() -> int:
         capped_rules.write_text('name = "resnet_capped"\nextends = "resnet"\n[[rules]]\nname = "layer_cap"\n'
                                 'max = 0.99\npriority = 1\n')
     uncapped = prune(work / "uncapped", **({"rules": args.uncapped_rules} if args.uncapped_rules else {}))
-    dense = json.loads((uncapped / "dense" / "eval.json").read_text())
-    capped = prune(work / "capped", checkpoint=str(uncapped / "dense" / "weights.safetensors"),
+    dense = RunDir(uncapped).dense.read_eval()
+    capped = prune(work / "capped", checkpoint=str(RunDir(uncapped).dense.weights_file),
                    rules=str(capped_rules))
     before, after = candidates(uncapped), candidates(capped)
     affected = {}

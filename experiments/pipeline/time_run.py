@@ -5,8 +5,8 @@
 Runs `mixprune run` with no flags but --out (a fresh folder) in a subprocess, then reads
 the stage times the run recorded in run.json (stages.run.timings_s, and the prune stage's
 own phases), the total wall time and CPU time (user + system of the run's processes)
-measured here, and the machine's load average before and after (the machine may be shared:
-wall times mean little without it).
+measured here, the machine's load average before and after (the machine may be shared:
+wall times mean little without it), and what the run directory holds on disk.
 """
 
 from __future__ import annotations
@@ -22,6 +22,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mixprune.runs import RunDir
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def disk_usage(run: RunDir) -> dict:
+    """Bytes of the run directory: in all, per top-level entry, and per candidate (exported or not)."""
+    top = {p.name: (_bytes(p) if p.is_dir() else p.stat().st_size) for p in sorted(run.root.iterdir())}
+    candidates = {cid: _bytes(run.candidate(cid).path) for cid in run.candidate_ids()}
+    unexported = [b for cid, b in candidates.items() if not run.candidate(cid).is_exported()]
+    return {"total_bytes": _bytes(run.root), "by_entry_bytes": top,
+            "candidate_unexported_bytes": {"count": len(unexported), "max": max(unexported, default=0),
+                                           "mean": round(sum(unexported) / max(len(unexported), 1))},
+            "candidate_exported_bytes": {cid: b for cid, b in candidates.items() if run.candidate(cid).is_exported()}}
 
 
 def main() -> int:
@@ -42,8 +59,8 @@ def main() -> int:
     if proc.returncode != 0:
         print(proc.stdout, proc.stderr, sep="\n", file=sys.stderr)
         return proc.returncode
-    run = json.loads((out / "run.json").read_text())
-    ranking = json.loads((out / "ranking.json").read_text())
+    rundir = RunDir(out)
+    run, ranking = rundir.load(), rundir.read_ranking()
     stages = run["stages"]
     result = {
         "command": "mixprune run " + " ".join(cmd[4:]),
@@ -63,6 +80,7 @@ def main() -> int:
                     "python": platform.python_version(),
                     "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
                     "load_avg_1_5_15_after": [round(x, 2) for x in load_after]},
+        "disk": disk_usage(rundir),
         "versions": run["versions"],
     }
     Path(args.results).write_text(json.dumps(result, indent=2) + "\n")

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mixprune.runs import atomic_write_json, package_versions
+from mixprune.runs import RunDir, atomic_write_json, package_versions
 
 HERE = Path(__file__).parent
 COMMAND = ["prune", "--model", "resnet18", "--data", "digits", "--train-epochs", "3", "--finetune-epochs", "0"]
@@ -32,7 +32,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "mixprune.cli", *COMMAND, "--out", str(out)], check=True,
                        env=dict(os.environ, MIXPRUNE_QUIET="1"))
         wall = time.perf_counter() - start
-        stage = json.loads((out / "run.json").read_text())["stages"]["prune"]["summary"]
+        stage = RunDir(out).load()["stages"]["prune"]["summary"]
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     record = {
         "command": "mixprune " + " ".join(COMMAND) + " --out DIR",

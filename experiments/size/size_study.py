@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import json
 import lzma
 import tempfile
 import time
@@ -33,10 +32,10 @@ import torch
 from mixprune import compact
 from mixprune.data import DataSpec, load_splits
 from mixprune.exporter import storage
-from mixprune.exporter.audit import prunable_names
 from mixprune.exporter.stage import ExportOptions, export_run
-from mixprune.models import ModelSpec, build_model, save_weights
-from mixprune.runs import atomic_write_json, package_versions
+from mixprune.models import ModelSpec, build_model, numpy_state
+from mixprune.pruning.roles import prunable_names
+from mixprune.runs import ModelDir, RunDir, atomic_write_json, package_versions
 from mixprune.training import evaluate, recalibrate_batchnorm, train
 
 SPARSITIES = (0.5, 0.8, 0.9)
@@ -59,17 +58,18 @@ def prune_per_layer(model, ratio: float) -> dict:
 
 def make_run(root: Path, spec: ModelSpec, data: DataSpec, dense_state: dict, pruned: dict) -> None:
     """A run directory in the pruning stage's layout, so the real export stage handles it."""
-    atomic_write_json(root / "run.json", {"model": spec.to_dict(), "data": data.to_dict(), "seed": 0,
-                                          "config": {"study": "size"}, "stages": {}})
-    save_weights(dense_state, root / "dense" / "weights.safetensors")
+    run = RunDir(root)
+    run.save({"model": spec.to_dict(), "data": data.to_dict(), "seed": 0, "config": {"study": "size"}, "stages": {}})
+    names = prunable_names(build_model(spec))
+    run.write_ranges({"layers": {name: {} for name in names}})
+    run.dense.save_state(numpy_state(dense_state))
     for cid, (ratio, state, accuracy) in pruned.items():
-        folder = root / "candidates" / cid
-        save_weights(state, folder / "weights.safetensors")
-        layers = {name: ratio for name in prunable_names(build_model(spec)) if name in state}
-        atomic_write_json(folder / "strategy.json", {"cid": cid, "kind": "baseline", "signal": "mag",
-                                                     "strategy": "uniform", "layers": layers, "global_sparsity": ratio})
-        atomic_write_json(folder / "eval.json", {"accuracy": accuracy, "accuracy_raw": accuracy,
-                                                 "accuracy_finetuned": None, "samples": None})
+        folder = run.candidate(cid)
+        folder.save_state(numpy_state(state), pruned=names)
+        folder.write_strategy({"cid": cid, "kind": "baseline", "signal": "mag", "strategy": "uniform",
+                               "layers": {name: ratio for name in names}, "global_sparsity": ratio})
+        folder.write_eval({"accuracy": accuracy, "accuracy_raw": accuracy, "accuracy_finetuned": None,
+                           "samples": None})
 
 
 def xz(data: bytes) -> int:
@@ -84,9 +84,9 @@ def outputs(model: bytes, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
 
-def measure(folder: Path, x: np.ndarray) -> dict:
-    dense = (folder / "model.onnx").read_bytes()
-    record = json.loads((folder / "export.json").read_text())
+def measure(folder: ModelDir, x: np.ndarray) -> dict:
+    dense = folder.onnx_file.read_bytes()
+    record = folder.read_export()
     reference = outputs(dense, x)
     sizes = {"dense_onnx": len(dense), "gzip": gz(dense), "xz": xz(dense)}
     checks = {}
@@ -98,7 +98,7 @@ def measure(folder: Path, x: np.ndarray) -> dict:
         sizes[f"sparse_{label}_xz"] = xz(sparse)
         checks[f"sparse_{label}_identical_outputs"] = bool(np.array_equal(outputs(sparse, x), reference))
     start = time.perf_counter()
-    container = (folder / "model.onnx.mxc").read_bytes()
+    container = folder.compact_file.read_bytes()
     expanded = compact.unpack(container)
     checks["compact_expand_seconds"] = round(time.perf_counter() - start, 2)
     checks["compact_bit_identical"] = hashlib.sha256(expanded).hexdigest() == hashlib.sha256(dense).hexdigest()
@@ -146,7 +146,7 @@ def main() -> None:
         export_seconds = time.perf_counter() - start
         for cid, (ratio, _, accuracy) in pruned.items():
             results[cid] = {"sparsity_target": ratio, "accuracy": accuracy,
-                            **measure(root / "candidates" / cid, x)}
+                            **measure(RunDir(root).candidate(cid), x)}
     best80 = min(results["mag80"]["ratio"].values())
     summary = {
         "model": spec.to_dict(), "data": data.to_dict(), "train_epochs": args.epochs,

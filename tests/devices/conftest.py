@@ -11,10 +11,9 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 from devices_helpers import conv_model, free_port, multi_input_model, need
 
-from mixprune.cli import main
+from tests import helpers
 
 
 @pytest.fixture
@@ -30,8 +29,7 @@ def multi(tmp_path):
 @pytest.fixture
 def cli():
     """Invoke `mixprune ...` in-process; returns click's Result (exit_code, stdout, stderr)."""
-    runner = CliRunner()
-    return lambda *args: runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return helpers.cli
 
 
 # --- a real sshd on 127.0.0.1 ------------------------------------------------------------

@@ -13,6 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from mixprune.devices.fields import MB
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -40,7 +42,7 @@ def conv_model(path: Path, channels: int = 8, batch="batch", extra_weight_mb: fl
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
     out = "y"
     if extra_weight_mb:
-        big = rng.standard_normal(int(extra_weight_mb * 2**20 / 4)).astype(np.float32)
+        big = rng.standard_normal(int(extra_weight_mb * MB / 4)).astype(np.float32)
         inits.append(numpy_helper.from_array(big, "big"))
         nodes += [helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0), helper.make_node("Add", ["y", "s"], ["z"])]
         out = "z"

@@ -10,7 +10,9 @@ import sys
 import pytest
 from devices_helpers import conv_model, unsupported_op_model, write_profile
 
-from mixprune.benchmarks.records import REQUIRED_KEYS, UNSTRUCTURED_NOTE
+from mixprune.benchmarks.records import REQUIRED_KEYS, UNSTRUCTURED_NOTE, make_record
+from mixprune.devices.fields import MB
+from mixprune.devices.profiles import load_profile
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def test_single_file_json_record(conv, box, cli):
     r = json.loads(result.stdout)
     assert set(REQUIRED_KEYS) <= set(r)
     assert (r["device"], r["model"], r["runs"], r["warmup"], r["threads"]) == ("testbox", str(conv), 6, 2, 2)
-    assert r["emulated"] is False and r["over_budget"] is False and r["memory_budget_mb"] is None
+    assert r["emulated"] is False and r["over_memory_budget"] is False and r["memory_budget_mb"] is None
     assert r["allow_spinning"] is False  # from the profile
     assert r["runner"] == "local" and r["runner_wall_ms"] > r["cold_start_ms"]
 
@@ -41,10 +43,19 @@ def test_memory_budget_is_a_verdict_not_an_error(tmp_path, conv, cli):
     result = cli("bench", conv, "--device", tight, "--json")
     assert result.exit_code == 0
     r = json.loads(result.stdout)
-    assert r["over_budget"] is True and r["peak_rss_mb"] > 1 and r["memory_budget_mb"] == 1
+    assert r["over_memory_budget"] is True and r["peak_rss_mb"] > 1 and r["memory_budget_mb"] == 1
     assert r["over_latency_budget"] is False and r["latency_budget_ms"] == 1000000
-    assert r["over_size_budget"] is (r["model_bytes"] > 1) and r["size_budget_mb"] == 1e-6
+    assert r["over_size_budget"] is (r["model_bytes"] / MB > 1e-6) and r["size_budget_mb"] == 1e-6
     assert "OVER BUDGET" in cli("bench", conv, "--device", tight).stdout
+
+
+@pytest.mark.parametrize("n_bytes, over", [(1_040_000, False), (MB, False), (MB + 1, True)])
+def test_budgets_mean_mb_of_2_20_bytes(tmp_path, n_bytes, over):
+    """Both budgets count the MB of peak_rss_mb, 2^20 bytes: 1,040,000 bytes (over 1e6) fit in 1 MB."""
+    profile = load_profile(write_profile(tmp_path / "p.toml", budget="memory_mb = 1\nsize_mb = 1\n"))
+    raw = {"latency_ms": {"p50": 1.0}, "peak_rss_mb": n_bytes / MB, "model_bytes": n_bytes}
+    r = make_record(raw, profile, "m.onnx")
+    assert (r["over_size_budget"], r["over_memory_budget"]) == (over, over)
 
 
 def make_run_dir(root, models: dict):

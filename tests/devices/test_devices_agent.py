@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 from devices_helpers import DIM, conv_model, embedding_table, unsupported_op_model
 
+from mixprune.devices.fields import MB
 from mixprune.devices.runners import AGENT
 
 
@@ -61,6 +62,11 @@ def test_multi_input_int64_model_gets_valid_inputs(multi):
     (y,) = session.run(None, feeds)
     assert feeds["ids"].dtype == np.int64 and set(np.unique(feeds["ids"])) <= {0, 1}
     np.testing.assert_allclose(y, embedding_table()[feeds["ids"]] + feeds["x"], rtol=1e-6)
+
+
+def test_the_agent_counts_the_same_mb():
+    """The agent imports nothing of mixprune, so it keeps its own MB: the one of the profiles."""
+    assert runpy.run_path(str(AGENT))["MB"] == MB
 
 
 def test_dynamic_dims_without_shapes_are_listed(multi):
@@ -112,10 +118,10 @@ def test_peak_rss_agrees_with_the_kernels_vmhwm(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     record = json.loads(next(ln for ln in lines if ln.startswith("{")))
-    vmhwm_mb = int(lines[-1].split()[1]) / 1024
+    vmhwm_mb = int(lines[-1].split()[1]) * 2**10 / MB  # kB
     assert record["peak_rss_mb"] == pytest.approx(vmhwm_mb, rel=0.05)
     # and the figure sees the model: the weights are resident on top of the imports
-    assert record["peak_rss_mb"] - record["baseline_rss_mb"] >= 0.9 * record["model_bytes"] / 2**20
+    assert record["peak_rss_mb"] - record["baseline_rss_mb"] >= 0.9 * record["model_bytes"] / MB
 
 
 def test_peak_rss_does_not_inherit_the_launching_process(tmp_path):
@@ -162,11 +168,11 @@ def test_peak_rss_bounds_what_an_outside_observer_sees(tmp_path):
     while proc.poll() is None:
         try:
             with open(f"/proc/{proc.pid}/status") as f:
-                samples += [int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS:")]
+                samples += [int(ln.split()[1]) * 2**10 / MB for ln in f if ln.startswith("VmRSS:")]
         except (OSError, ValueError):  # the process is exiting
             pass
         time.sleep(0.002)
     record = json.loads(proc.communicate()[0])
     assert len(samples) > 10
     assert max(samples) <= record["peak_rss_mb"] * 1.05
-    assert max(samples) - record["baseline_rss_mb"] >= 0.9 * record["model_bytes"] / 2**20
+    assert max(samples) - record["baseline_rss_mb"] >= 0.9 * record["model_bytes"] / MB

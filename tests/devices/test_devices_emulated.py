@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from devices_helpers import DIM, need, write_profile
 
-from mixprune.devices.runner_emulated import SETUP_SCRIPT, default_rootfs
+from mixprune.devices.runners.emulated import SETUP_SCRIPT, default_rootfs
 
 
 @pytest.mark.slow

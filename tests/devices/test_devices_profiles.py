@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -13,6 +12,8 @@ import pytest
 from mixprune.devices.profiles import builtin_names, load_profile
 from mixprune.devices.runners import get_runner, list_runners
 from mixprune.errors import DeviceError
+
+from tests.helpers import heavy_imports
 
 from devices_helpers import write_profile
 
@@ -120,9 +121,4 @@ def test_architecture_rules():
 
 @pytest.mark.parametrize("args", [["devices", "list"], ["devices", "show", "host"], ["bench", "--help"]])
 def test_device_commands_do_not_import_torch(args):
-    code = ("import sys; from mixprune.cli import main\n"
-            f"try: main({args!r})\nexcept SystemExit as e: assert e.code == 0, e.code\n"
-            "heavy = [m for m in ('torch', 'timm') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert heavy_imports(("torch", "timm"), command=args) == []

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from mixprune.data import DataSpec
-from mixprune.models import ModelSpec, build_model, save_weights
+from mixprune.models import ModelSpec, build_model, numpy_state
+from mixprune.pruning.roles import prunable_names
+from mixprune.runs import RunDir
 
 # tiny configurations of the timm families mixprune must export (the full resnet18 is
 # kept for one slow test)
@@ -54,22 +55,21 @@ def make_run(root: Path, spec: ModelSpec, ratios: dict[str, float], seed: int = 
                 module.bias.normal_(0, 0.1)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     data = DataSpec(img_size=spec.img_size)
-    run = {"model": spec.to_dict(), "data": data.to_dict(), "seed": seed, "config": {}, "stages": {}}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "run.json").write_text(json.dumps(run))
-    save_weights(state, root / "dense" / "weights.safetensors")
-    (root / "dense" / "eval.json").write_text(json.dumps({"accuracy": 0.1}))
+    run = RunDir(root)
+    run.save({"model": spec.to_dict(), "data": data.to_dict(), "seed": seed, "config": {}, "stages": {}})
+    prunable = prunable_names(model)
+    run.write_ranges({"layers": {name: {} for name in prunable}})
+    run.dense.save_state(numpy_state(state))
+    run.dense.write_eval({"accuracy": 0.1})
     for cid, ratio in ratios.items():
-        folder = root / "candidates" / cid
+        folder = run.candidate(cid)
         pruned = prune_by_magnitude(state, ratio)
-        save_weights(pruned, folder / "weights.safetensors")
-        layers = {k: ratio for k, v in pruned.items() if v.dim() >= 2 and k.endswith("weight")}
-        zeros = sum(int((pruned[k] == 0).sum()) for k in layers)
-        total = sum(pruned[k].numel() for k in layers)
-        (folder / "strategy.json").write_text(json.dumps({
-            "cid": cid, "kind": "baseline", "signal": "mag", "strategy": "uniform",
-            "layers": layers, "global_sparsity": zeros / total}))
-        (folder / "eval.json").write_text(json.dumps({"accuracy": 0.1}))
+        folder.save_state(numpy_state(pruned), pruned=prunable)
+        zeros = sum(int((pruned[k] == 0).sum()) for k in prunable)
+        total = sum(pruned[k].numel() for k in prunable)
+        folder.write_strategy({"cid": cid, "kind": "baseline", "signal": "mag", "strategy": "uniform",
+                               "layers": {k: ratio for k in prunable}, "global_sparsity": zeros / total})
+        folder.write_eval({"accuracy": 0.1})
     return root
 
 

@@ -13,7 +13,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from mixprune.exporter import stage
-from mixprune.exporter.audit import audit, onnx_tensors, prunable_names
+from mixprune.exporter.audit import audit, onnx_tensors
+from mixprune.pruning.roles import prunable_names
 from mixprune.exporter.onnx_export import export_onnx
 
 

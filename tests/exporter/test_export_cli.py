@@ -9,19 +9,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import helper, numpy_helper
-from safetensors.torch import load_file, save_file
 
 from mixprune import compact
-from mixprune.cli import main
 from mixprune.exporter import stage
+from mixprune.runs import RunDir
+
+from tests.helpers import cli
 
 FAMILIES = ["resnet", "mobilenet", "convnext", "swin", "vit"]
-
-
-def export(*args):
-    return CliRunner().invoke(main, ["export", *map(str, args)])
 
 
 def record(folder):
@@ -60,7 +56,7 @@ def test_every_family_exports_with_zeros_kept_and_parity(build_run, family):
 
 def test_cli_writes_artifacts_that_match_the_record(build_run, tmp_path):
     run = build_run("resnet", {"mag80": 0.8})
-    done = export(run)
+    done = cli("export", run)
     assert done.exit_code == 0, done.output
     assert "mag80" in done.output and "exported" in done.output
     folder = run / "candidates" / "mag80"
@@ -82,25 +78,25 @@ def test_cli_writes_artifacts_that_match_the_record(build_run, tmp_path):
 
 def test_unchanged_models_are_skipped_and_changed_weights_reexported(build_run):
     run = build_run("vit", {"a": 0.5, "b": 0.8})
-    assert export(run).exit_code == 0
+    assert cli("export", run).exit_code == 0
     first = {cid: record(run / "candidates" / cid)["exported_at"] for cid in ("a", "b")}
-    again = export(run)
+    again = cli("export", run)
     assert again.exit_code == 0 and again.output.count("skipped") == 3
-    weights = run / "candidates" / "a" / "weights.safetensors"
-    state = load_file(str(weights))
-    name = next(k for k, v in state.items() if v.dim() >= 2 and k.endswith("weight"))
-    state[name] = torch.zeros_like(state[name])
-    save_file(state, str(weights))
-    third = export(run)
+    folder = RunDir(run).candidate("a")
+    state = folder.load_state()
+    name = RunDir(run).prunable_names()[0]
+    state[name] = np.zeros_like(state[name])
+    folder.save_state(state, pruned=RunDir(run).prunable_names())
+    third = cli("export", run)
     assert third.exit_code == 0 and third.output.count("skipped") == 2
     rec = record(run / "candidates" / "a")
-    assert rec["layers"][name]["zeros_onnx"] == state[name].numel()
+    assert rec["layers"][name]["zeros_onnx"] == state[name].size
     assert record(run / "candidates" / "b")["exported_at"] == first["b"]
 
 
 def test_sparse_storage_option(build_run, tmp_path):
     run = build_run("resnet", {"mag80": 0.8})
-    done = export(run, "--candidate", "mag80", "--storage", "sparse", "--no-simplify")
+    done = cli("export", run, "--candidate", "mag80", "--storage", "sparse", "--no-simplify")
     assert done.exit_code == 0, done.output
     assert not (run / "dense" / "model.onnx").exists()  # only the chosen candidate
     folder = run / "candidates" / "mag80"
@@ -125,24 +121,24 @@ def assert_one_line_error(result, *fragments):
 
 
 def test_missing_run_directory(tmp_path):
-    assert_one_line_error(export(tmp_path / "nope"), "run directory", "does not exist")
+    assert_one_line_error(cli("export", tmp_path / "nope"), "run directory", "does not exist")
 
 
 def test_run_json_without_a_model_spec(build_run):
     run = build_run("vit", {})
     (run / "run.json").write_text("{}")
-    assert_one_line_error(export(run), "run.json lacks a valid model or data spec")
+    assert_one_line_error(cli("export", run), "run.json lacks a valid model or data spec")
 
 
 def test_unknown_candidate(build_run):
     run = build_run("vit", {"a": 0.5})
-    assert_one_line_error(export(run, "--candidate", "zz"), "no finished candidate zz", "available: dense, a")
+    assert_one_line_error(cli("export", run, "--candidate", "zz"), "no finished candidate zz", "available: dense, a")
 
 
 def test_corrupt_weights(build_run):
     run = build_run("vit", {"a": 0.5})
-    (run / "candidates" / "a" / "weights.safetensors").write_bytes(b"not a safetensors file")
-    assert_one_line_error(export(run, "--candidate", "a"), "cannot read checkpoint", "weights.safetensors")
+    (run / "candidates" / "a" / "state.safetensors").write_bytes(b"not a safetensors file")
+    assert_one_line_error(cli("export", run, "--candidate", "a"), "cannot read", "state.safetensors")
     assert not (run / "candidates" / "a" / "model.onnx").exists()
 
 
@@ -157,8 +153,8 @@ def test_model_that_fails_to_export(build_run, monkeypatch):
 
     run = build_run("vit", {"a": 0.5})
     monkeypatch.setattr(stage, "build_model", lambda spec: Cummax())
-    monkeypatch.setattr(stage, "load_weights", lambda model, path: None)
-    result = export(run, "--candidate", "a")
+    monkeypatch.setattr(stage, "load_state", lambda model, state, source: None)
+    result = cli("export", run, "--candidate", "a")
     assert_one_line_error(result, "cannot export vit_tiny_patch16_224 (a)", "aten::cummax")
     assert not (run / "candidates" / "a" / "model.onnx").exists()
     assert not list(run.rglob(".*.tmp"))
@@ -173,7 +169,7 @@ def test_onnx_file_that_onnxruntime_refuses(build_run, monkeypatch):
 
     run = build_run("vit", {"a": 0.5})
     monkeypatch.setattr(stage, "export_onnx", unrunnable)
-    result = export(run, "--candidate", "a")
+    result = cli("export", run, "--candidate", "a")
     assert_one_line_error(result, "onnxruntime refuses the ONNX model of vit_tiny_patch16_224 (a)", "NoSuchOp")
     assert "Traceback" not in result.output
     assert not (run / "candidates" / "a" / "model.onnx").exists()

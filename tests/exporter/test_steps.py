@@ -9,7 +9,8 @@ from onnx import numpy_helper
 
 from mixprune.errors import ExportError
 from mixprune.exporter import simplify, storage
-from mixprune.exporter.audit import audit, prunable_names
+from mixprune.exporter.audit import audit
+from mixprune.pruning.roles import prunable_names
 from mixprune.exporter.onnx_export import canonicalize_zeros, export_onnx, io_spec
 
 

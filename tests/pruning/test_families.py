@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from .conftest import check_contract, prune
+from tests.helpers import check_contract, prune
 
 FAMILY_ARGS = {
     "vit_tiny_patch16_224": ["--model-arg", "patch_size=4", "--model-arg", "depth=2", "--model-arg", "embed_dim=96",

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from .conftest import check_contract, load_candidates, prune, run_cli
+from tests.helpers import check_contract, cli, load_candidates, prune
 
 
 def test_thirty_mixmatch_candidates_plus_matched_baselines(resnet_run):
@@ -107,7 +107,7 @@ def test_kill_then_resume_gives_the_same_results(resnet_run, tmp_path):
     proc.wait()
     finished_before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "candidates").glob("*/eval.json")}
     assert 0 < len(finished_before) < 60
-    result = run_cli("prune", "--out", out, "--resume")
+    result = cli("prune", "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     assert "resumed" in json.dumps(json.loads((out / "run.json").read_text())["stages"]["prune"])
     # finished candidates were not redone ...

@@ -10,7 +10,7 @@ import pytest
 from mixprune import ranking as rk
 from mixprune.config import QUICK_DEFAULTS
 
-from .conftest import cli, heavy_imports, load
+from tests.helpers import cli, heavy_imports, load
 
 
 def shipped(eval_record, prefix=""):
@@ -137,7 +137,7 @@ def test_report_is_self_contained_and_names_the_choice(quick_run):
 
 def test_rank_does_not_import_torch(quick_run, tmp_path):
     copy = shutil.copytree(quick_run, tmp_path / "c")
-    assert heavy_imports(["rank", str(copy)], ("torch", "timm", "onnx")) == []
+    assert heavy_imports(("torch", "timm", "onnx"), command=["rank", copy]) == []
 
 
 # --- the choice rule on synthetic records (no models) -----------------------------------

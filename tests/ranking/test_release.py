@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import cli, heavy_imports, load
+from tests.helpers import cli, heavy_imports, load
 
 
 def release(run, *args):
@@ -164,4 +164,4 @@ def test_release_best_needs_a_ranking(run_copy, tmp_path):
 
 
 def test_verify_imports_only_numpy_and_onnxruntime(bundle):
-    assert heavy_imports(["verify", str(bundle)], ("torch", "timm", "onnx", "matplotlib", "sklearn")) == []
+    assert heavy_imports(("torch", "timm", "onnx", "matplotlib", "sklearn"), command=["verify", bundle]) == []

@@ -12,7 +12,7 @@ import pytest
 
 from mixprune.config import QUICK_DEFAULTS, RUN_DEFAULTS, RunConfig, run_presets
 
-from .conftest import cli, load
+from tests.helpers import cli, load
 
 
 def test_run_wrote_every_stage_and_printed_where(quick_run):
@@ -41,7 +41,8 @@ def test_existing_output_is_refused_without_resume_or_force(quick_run):
 
 def test_bad_flags_fail_before_any_work(tmp_path):
     for args, message in ((["--objective", "speed"], "speed"), (["--devices", "nosuch"], "unknown device"),
-                          (["--mode", "structured"], "not available yet"), (["--max-drop", "-1"], "--max-drop")):
+                          (["--mode", "structured"], "--mode"), (["--executor", "ray"], "--executor"),
+                          (["--max-drop", "-1"], "--max-drop")):
         result = cli("run", "--quick", "--out", tmp_path / "r", *args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert not (tmp_path / "r").exists()

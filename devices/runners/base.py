@@ -1,4 +1,4 @@
-"""Runners: how the agent reaches a device. A registry (register / get / list), timm style.
+"""The runner base class and the registry (register / get / list), timm style.
 
 A runner takes a model file and the agent's configuration, runs ``devices/agent.py`` in a
 fresh process somewhere (here, over SSH, under qemu) and returns the agent's record. Each
@@ -14,9 +14,9 @@ from pathlib import Path
 from mixprune.errors import BenchmarkError, DeviceError
 from mixprune.registry import Registry
 
-from .fields import Field
+from ..fields import Field
 
-AGENT = Path(__file__).resolve().parent / "agent.py"
+AGENT = Path(__file__).resolve().parents[1] / "agent.py"
 
 RUNNERS: Registry[type[Runner]] = Registry("runner", DeviceError)
 
@@ -77,7 +77,3 @@ class Runner:
                 detail += "; the device needs `pip install onnxruntime numpy` for its python"
             raise DeviceError(f"the agent failed on {self.describe()} (exit code {returncode}): {detail}")
         return record
-
-
-# Importing the runner modules registers them.
-from . import runner_emulated, runner_local, runner_ssh  # noqa: E402,F401

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from mixprune.errors import DeviceError
 
-from .fields import Field
-from .runners import AGENT, register_runner
-from .runner_local import LocalRunner
+from ..fields import Field
+from .base import AGENT, register_runner
+from .local import LocalRunner
 
-SETUP_SCRIPT = Path(__file__).parent / "emulation" / "setup_rootfs.sh"  # shipped in the wheel too
+SETUP_SCRIPT = Path(__file__).parents[1] / "emulation" / "setup_rootfs.sh"  # shipped in the wheel too
 
 
 def default_rootfs() -> str:

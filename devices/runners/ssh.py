@@ -18,12 +18,13 @@ from pathlib import Path
 
 from mixprune.errors import DeviceError
 
-from .fields import Field
-from .runners import AGENT, Runner, register_runner
+from ..fields import Field
+from .base import AGENT, Runner, register_runner
 
 _SSH_FAILED = 255  # ssh's own exit code for connection / authentication failures
 _TIMED_OUT = 124  # coreutils / busybox `timeout` on the device
 _GRACE_S = 30  # copying the model, and `timeout -k 5` killing a stuck agent
+_REMOTE_MODEL = "under-test.onnx"  # its name in the device's temporary folder
 
 
 def _tar_stream(files: dict[str, Path]) -> bytes:
@@ -75,12 +76,12 @@ class SshRunner(Runner):
         limit = f"{self.options['run_timeout_s']:g}"
         return (
             'd=$(mktemp -d) || exit 1; trap \'rm -rf "$d"\' EXIT; trap \'exit 129\' HUP INT TERM; '
-            f'tar -xf - -C "$d" && timeout -k 5 {limit} {python} "$d/agent.py" "$d/model.onnx" '
+            f'tar -xf - -C "$d" && timeout -k 5 {limit} {python} "$d/agent.py" "$d/{_REMOTE_MODEL}" '
             f'--json-config {shlex.quote(config_json)}'
         )
 
     def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
-        payload = _tar_stream({"agent.py": AGENT, "model.onnx": model})
+        payload = _tar_stream({"agent.py": AGENT, _REMOTE_MODEL: model})
         cmd = self.ssh_command() + ["sh -c " + shlex.quote(self.remote_script(config_json))]
         # The device's own `timeout` normally ends a long run (and the trap cleans up); the
         # local limit only catches a device that stops answering altogether.

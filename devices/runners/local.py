@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mixprune.errors import DeviceError
 
-from .fields import Field
-from .runners import AGENT, Runner, register_runner
+from ..fields import Field
+from .base import AGENT, Runner, register_runner
 
 
 @register_runner
