@@ -227,8 +227,9 @@ def prune(ctx, config_file, resume, **flags):
 
     \b
     Writes to --out: dense/ (weights, accuracy), ranges.json (per-layer ranges),
-    candidates/<cid>/ (strategy.json, weights.safetensors, eval.json) for
-    3 signals x 10 strategies plus matched global baselines.
+    candidates/<cid>/ (strategy.json, eval.json, and the weights as masks over
+    the dense ones: masks/state.safetensors, values.safetensors once fine-tuned)
+    for 3 signals x 10 strategies plus matched global baselines.
     """
     from .pruning.stage import run_prune
 

@@ -30,6 +30,18 @@ def test_run_wrote_every_stage_and_printed_where(quick_run):
     assert len(exported) == 1 + QUICK_DEFAULTS["export_top"]
 
 
+def test_the_run_directory_stays_lean(quick_run):
+    """Candidates hold masks and state, not weights; fine-tuned ones also their values; no calibration cache."""
+    dense = (quick_run / "dense" / "weights.safetensors").stat().st_size
+    assert not (quick_run / "calibration").exists()
+    for folder in (quick_run / "candidates").iterdir():
+        assert not (folder / "weights.safetensors").exists(), folder.name
+        finetuned = load(folder / "eval.json")["accuracy_finetuned"] is not None
+        assert (folder / "values.safetensors").exists() == finetuned, folder.name
+        stored = sum((folder / f"{part}.safetensors").stat().st_size for part in ("masks", "state"))
+        assert stored < dense / 8, (folder.name, stored, dense)  # 1 bit per weight, plus what BN re-estimated
+
+
 def test_existing_output_is_refused_without_resume_or_force(quick_run):
     before = (quick_run / "run.json").read_bytes()
     result = cli("run", "--quick", "--out", quick_run)
