@@ -116,11 +116,6 @@ class Inputs:
     def sizes(self) -> dict[str, int]:
         return {layer.name: layer.params for layer in self.layers}
 
-    @property
-    def data_spec(self) -> DataSpec:
-        cfg = self.config
-        return DataSpec(source=cfg.data, img_size=cfg.img_size, calib_fraction=cfg.calib_fraction)
-
     def sample_counts(self) -> dict:
         return {"samples": len(self.splits.val), "tune_samples": len(self.splits.tune)}
 
@@ -130,6 +125,10 @@ class Inputs:
                 f"tune_accuracy{suffix}": evaluate(self.model, self.splits.tune, description=f"{label}: tune accuracy")}
 
 
+def data_spec(config: RunConfig) -> DataSpec:
+    return DataSpec(source=config.data, img_size=config.img_size, calib_fraction=config.calib_fraction)
+
+
 def baseline_cid(method: str, sparsity: float) -> str:
     return f"base-{method}-s{sparsity * 100:.2f}"
 
@@ -137,7 +136,7 @@ def baseline_cid(method: str, sparsity: float) -> str:
 def prepare(config: RunConfig) -> Inputs:
     """Validate every input before anything is written: model, data, checkpoint, rule table."""
     table = get_table(config.model, config.rules)
-    splits = load_splits(DataSpec(source=config.data, img_size=config.img_size, calib_fraction=config.calib_fraction))
+    splits = load_splits(data_spec(config))
     spec = ModelSpec(name=config.model, num_classes=splits.num_classes, in_chans=splits.in_chans,
                      img_size=config.img_size, kwargs=dict(config.model_args))
     torch.manual_seed(config.seed)
@@ -158,7 +157,7 @@ def open_run_dir(inputs: Inputs, resume: bool) -> None:
     run.claim(resume=resume)
     record = run.load()
     record.update({
-        "config": inputs.config.to_dict(), "model": inputs.spec.to_dict(), "data": inputs.data_spec.to_dict(),
+        "config": inputs.config.to_dict(), "model": inputs.spec.to_dict(), "data": data_spec(inputs.config).to_dict(),
         "dataset": inputs.splits.describe(), "seed": inputs.config.seed, "rule_table": inputs.table.name,
         "versions": package_versions(),
     })
