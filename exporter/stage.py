@@ -17,7 +17,8 @@ import onnx
 import torch
 
 from mixprune import compact
-from mixprune.data import DataSpec, load_splits
+from mixprune.config import QUANTIZE
+from mixprune.data import DataSpec, Splits, load_splits
 from mixprune.errors import ExportError, RunDirError
 from mixprune.models import ModelSpec, build_model, load_state
 from mixprune.progress import progress_bar, say
@@ -27,6 +28,7 @@ from . import parity, storage
 from .audit import audit
 from .onnx_export import canonicalize_zeros, export_onnx, io_spec
 from .simplify import simplify_guarded
+from .variants import quantize_models
 
 FORMAT_VERSION = 2  # 2: the audit matches no weight to a tensor that does not hold it (records of 1 may)
 TOLERANCE = 1e-4  # max |logit difference| accepted between torch and onnxruntime
@@ -42,6 +44,7 @@ class ExportOptions:
     simplify: bool = True
     parity_samples: int = 256
     force: bool = False  # re-export even when weights and options are unchanged
+    quantize: str = "none"  # INT8 variants: a key of config.QUANTIZE
 
     def key(self) -> dict:
         """What an existing export must match to be reused."""
@@ -59,7 +62,7 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
         spec, data = ModelSpec.from_dict(record["model"]), DataSpec.from_dict(record["data"])
     except (KeyError, TypeError) as exc:
         raise RunDirError(f"{run.run_json} lacks a valid model or data spec ({exc}); re-run `mixprune prune`") from exc
-    available = run.models()
+    available = run.torch_models()
     chosen = list(dict.fromkeys(candidates)) or list(available)
     missing = [cid for cid in chosen if cid not in available]
     if missing:
@@ -69,8 +72,10 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
         raise RunDirError(f"{run.root} has no dense model or finished candidate to export; run `mixprune prune` first")
     todo = [cid for cid in chosen if options.force or not is_current(available[cid], options)]
     results = {cid: dict(available[cid].read_export(), skipped=True) for cid in chosen if cid not in todo}
+    activations = QUANTIZE[options.quantize]
+    splits = load_splits(data) if todo or activations else None
     if todo:
-        samples = held_out_samples(data, options.parity_samples)
+        samples = held_out_samples(splits, options.parity_samples)
         prunable = run.prunable_names()
         with progress_bar() as progress:
             task = progress.add_task("export", total=len(todo) * len(STEPS))
@@ -80,8 +85,10 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
                     available[cid], spec, samples, options, prunable, label=f"{spec.name} ({cid})",
                     on_step=lambda name, cid=cid: progress.update(task, advance=1, description=f"export {cid}: {name}"),
                 ), skipped=False)
-        run.set_stage("export", "done", models=sorted(results))
-    return {cid: results[cid] for cid in chosen}
+    variants = quantize_models(run, chosen, activations, splits, force=options.force) if activations else {}
+    if todo or variants:
+        run.set_stage("export", "done", models=sorted({**results, **variants}))
+    return {**{cid: results[cid] for cid in chosen}, **variants}
 
 
 def is_current(model_dir: ModelDir, options: ExportOptions) -> bool:
@@ -94,9 +101,9 @@ def is_current(model_dir: ModelDir, options: ExportOptions) -> bool:
     return False
 
 
-def held_out_samples(data: DataSpec, count: int) -> torch.Tensor:
+def held_out_samples(splits: Splits, count: int) -> torch.Tensor:
     """The first ``count`` images of the run's held-out split."""
-    val = load_splits(data).val
+    val = splits.val
     count = min(count, len(val))
     if count == 0:
         raise RunDirError("the held-out split is empty; parity cannot be checked")

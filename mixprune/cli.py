@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from .config import (BASELINES, EXECUTORS, FIELDS, MODES, OBJECTIVES, QUICK_DEFAULTS, RUN_DEFAULTS, SIGNALS,
-                     STORAGES, RunConfig, resolve_resume, run_presets)
+from .config import (BASELINES, EXECUTORS, FIELDS, MODES, OBJECTIVES, QUANTIZE, QUICK_DEFAULTS, RUN_DEFAULTS,
+                     SIGNALS, STORAGES, RunConfig, resolve_resume, run_presets)
 from .errors import MixpruneError
 
 
@@ -180,6 +180,10 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "storage": ("--storage", dict(type=click.Choice(STORAGES), default=FROM_CONFIG,
                                   help="What model.onnx holds: plain initializers, or sparse_initializers "
                                        "(smaller file; onnxruntime densifies them at load).")),
+    "quantize": ("--quantize", dict(type=click.Choice(tuple(QUANTIZE)), default=FROM_CONFIG,
+                                    help="INT8 variants of every exported model, each a candidate of its own "
+                                         "(<model>+int8u: uint8 activations, <model>+int8: int8 ones): none, "
+                                         "static (uint8, the faster type on x86) or auto (both; the bench decides).")),
     "export_top": ("--export-top", dict(type=int, default=FROM_CONFIG,
                                         help="Export and bench the K best candidates within --max-drop.")),
     "bench_runs": ("--bench-runs", dict(type=int, show_default="the device profile's", help="Timed runs per model.")),
@@ -251,11 +255,11 @@ def prune(ctx, config_file, resume, **flags):
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--candidate", "candidates", multiple=True, metavar="CID", show_default="all",
               help="Export only this candidate ('dense' for the dense model); repeatable.")
-@_options(CONFIG_DEFAULTS, "storage")
+@_options(CONFIG_DEFAULTS, "storage", "quantize")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim (it is also skipped whenever it loses zeros or grows the file).")
 @click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset version.")
 @click.option("--force", is_flag=True, help="Re-export models whose weights and options did not change.")
-def export(run_dir, candidates, storage, no_simplify, opset, force):
+def export(run_dir, candidates, storage, quantize, no_simplify, opset, force):
     """Export the dense model and candidates of RUN_DIR to ONNX, verified and stored compactly.
 
     Writes model.onnx, model.onnx.mxc (lossless compact container; expand it with
@@ -263,7 +267,7 @@ def export(run_dir, candidates, storage, no_simplify, opset, force):
     """
     from mixprune.exporter.stage import ExportOptions, export_run
 
-    options = ExportOptions(opset=opset, storage=storage, simplify=not no_simplify, force=force)
+    options = ExportOptions(opset=opset, storage=storage, simplify=not no_simplify, force=force, quantize=quantize)
     results = export_run(run_dir, candidates, options)
     width = max(map(len, results))
     for cid, rec in results.items():
@@ -455,7 +459,7 @@ def verify(bundle):
 @main.command()
 @_options(RUN_FLAG_DEFAULTS, "model", "data", "checkpoint", "devices", "max_drop", "objective", "out", "img_size",
           "train_epochs", "signals", "sparsity", "finetune_epochs", "finetune_top", "export_top", "storage",
-          "bench_runs", "seed", "mode", "executor", "quick", "config_file", "resume",
+          "quantize", "bench_runs", "seed", "mode", "executor", "quick", "config_file", "resume",
           out={"show_default": "runs/<model>-<data>"})
 @click.option("--force", is_flag=True, help="Delete an existing run in --out and start over.")
 @click.pass_context

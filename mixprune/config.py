@@ -20,6 +20,9 @@ STORAGES = ("dense", "sparse")
 # Seams for later issues: the values that exist today, used by both FIELDS and the CLI's choices
 # (FIELDS' notes on "mode" and "executor" name the values later issues add).
 MODES = ("unstructured",)
+# --quantize: which INT8 variants each model gets, by activation type (exporter/quantize.py).
+# static: the type measured fastest on this x86 host (uint8); auto: both, the bench decides.
+QUANTIZE = {"none": (), "static": ("uint8",), "auto": ("int8", "uint8")}
 EXECUTORS = ("local",)
 # the authors' cap on one layer's ratio when shifting a strategy to a common global sparsity
 # (pruning/strategies.py); a --sparsity above it is out of reach for any model (at it, every layer sits at
@@ -61,6 +64,7 @@ class RunConfig:
     max_drop: float = 1.0
     objective: str = "latency"
     storage: str = "dense"
+    quantize: str = "none"
     export_top: int = 3  # `mixprune run`: export and bench the K best candidates within --max-drop
     bench_runs: int | None = None  # None: the device profile's
     bench_warmup: int | None = None
@@ -130,6 +134,8 @@ FIELDS: dict[str, Field] = {
     "max_drop": Field("number", range=">= 0", note="accuracy points"),
     "objective": Field("str", choices=OBJECTIVES),
     "storage": Field("str", choices=STORAGES),
+    "quantize": Field("str", choices=tuple(QUANTIZE), note="INT8 variants: none, static (uint8 activations) "
+                      "or auto (int8 and uint8 activations, each its own candidate)"),
     "export_top": Field("int", range=">= 1"),
     "bench_runs": Field("int", range=">= 1", optional=True),
     "bench_warmup": Field("int", range=">= 0", optional=True),

@@ -24,7 +24,7 @@ from .config import RunConfig
 from .progress import say
 from .ranking import rank_run, require_choice
 from .report import write_report
-from .runs import RunDir
+from .runs import DENSE, RunDir
 
 
 def default_out(config: RunConfig) -> str:
@@ -36,7 +36,9 @@ def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[s
     """The candidates `run` exports, and a note for each one within --max-drop it leaves out."""
     dense, _ = accuracy_of(run.dense.read_eval(), SELECTION_SPLIT)
     passing = []
-    for cid in run.candidate_ids():
+    for cid in run.torch_models():
+        if cid == DENSE:
+            continue
         folder = run.candidate(cid)
         accuracy, _ = accuracy_of(folder.read_eval(), SELECTION_SPLIT)
         if (dense - accuracy) * 100 <= config.max_drop + 1e-9:
@@ -89,7 +91,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
         timings.update({f"prune.{k}": v for k, v in summary["timings_s"].items()})
     selected, notes = select_for_export(run, config)
     say(f"exporting the dense model and {len(selected)} candidate(s) within {config.max_drop:g} points of it")
-    timed("export", export_run, root, ["dense", *selected], ExportOptions(storage=config.storage))
+    timed("export", export_run, root, ["dense", *selected], ExportOptions(storage=config.storage, quantize=config.quantize))
     for profile in profiles:
         stage = f"bench:{profile.name}"
         if run.stage_status(stage) == "done" and resume:

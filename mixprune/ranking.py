@@ -25,7 +25,9 @@ Choice rule (``chosen``), stable across re-runs:
    When every compared model is unstructured and the device runs onnxruntime's CPU
    provider, latency and memory are ties *by construction* (no sparse kernels: the same
    dense kernels run whatever the zeros), and so are emulated timings, which say that a
-   model runs, not how fast.
+   model runs, not how fast. When models of other kernels (INT8 variants) are ranked
+   beside them, those fp32 models still run the same kernels: they share one latency and
+   memory (the median of their records), and only that is compared with the others.
 3. Ties go to the higher tune accuracy, then the smaller compact size, then the candidate id.
 
 Emulated and real timings never meet: each device is ranked on its own records, and the
@@ -37,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import statistics
 from pathlib import Path
 
 from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
@@ -158,7 +161,8 @@ def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float,
         reasons.extend(own)
     row = {
         "cid": cid, "kind": strategy["kind"], "signal": strategy["signal"], "strategy": strategy["strategy"],
-        "mode": strategy.get("mode", "unstructured"),
+        "mode": strategy.get("mode", "unstructured"), "kernels": "int8" if strategy["kind"] == "int8" else "fp32",
+        "parent": strategy.get("parent"),
         "global_sparsity": strategy["global_sparsity"], "baselines": strategy.get("baselines", []),
         "accuracy": accuracy, "accuracy_source": source,
         "drop_points": round((dense[REPORT_SPLIT] - accuracy) * 100, 4),
@@ -173,13 +177,27 @@ def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float,
 
 
 # --- noise bands, choice and Pareto front ---------------------------------------------
+def _same_kernels(row: dict) -> bool:
+    """fp32 graphs that differ only in zeros: the CPU provider runs the same dense kernels for all of them."""
+    return row["kernels"] == "fp32" and row["mode"] == "unstructured"
+
+
 def device_bands(device: str, rows: list[dict]) -> dict:
-    """Tie bands for latency and memory on ``device`` from its records (see the module docstring)."""
+    """Tie bands for latency and memory on ``device`` from its records (see the module docstring).
+
+    ``shared``: when models of other kernels (INT8) are ranked beside fp32 ones, the fp32 ones
+    run the same kernels, so they share one latency and memory (the median of their records)
+    and only that is compared with the others, within the usual bands.
+    """
     ms = [r["devices"][device] for r in rows if r["devices"][device]["benched"]]
     if not ms:
-        return {"latency_ms": 0.0, "memory_mb": 0.0, "same_speed": False, "emulated": False}
+        return {"latency_ms": 0.0, "memory_mb": 0.0, "same_speed": False, "emulated": False, "shared": None}
     emulated = any(m["emulated"] for m in ms)
-    same_speed = all(r["mode"] == "unstructured" for r in rows) and all(m["cpu_only"] for m in ms)
+    cpu_only = all(m["cpu_only"] for m in ms)
+    same_speed = cpu_only and all(_same_kernels(r) for r in rows)
+    group = [r["devices"][device] for r in rows if r["devices"][device]["benched"] and _same_kernels(r)]
+    shared = {key: statistics.median(m[key] for m in group) for key in ("p50_ms", "peak_rss_mb")} \
+        if cpu_only and group and not same_speed else None
     best = min(ms, key=lambda m: m["p50_ms"])
     tied_by_construction = same_speed or emulated
     return {
@@ -187,15 +205,19 @@ def device_bands(device: str, rows: list[dict]) -> dict:
                                                                  LATENCY_NOISE_FLOOR * best["p50_ms"]),
         "memory_mb": math.inf if tied_by_construction else max(MEMORY_NOISE_MB,
                                                                MEMORY_NOISE_FLOOR * min(m["peak_rss_mb"] for m in ms)),
-        "same_speed": same_speed, "emulated": emulated,
+        "same_speed": same_speed, "emulated": emulated, "shared": shared,
     }
 
 
-def _objective_value(row: dict, objective: str, device: str) -> float:
+def _measured(row: dict, key: str, device: str, bands: dict) -> float:
+    shared = bands.get("shared")
+    return shared[key] if shared and _same_kernels(row) else row["devices"][device][key]
+
+
+def _objective_value(row: dict, objective: str, device: str, bands: dict) -> float:
     if objective == "size":
         return row["bytes"]["compact"]
-    m = row["devices"][device]
-    return m["p50_ms"] if objective == "latency" else m["peak_rss_mb"]
+    return _measured(row, "p50_ms" if objective == "latency" else "peak_rss_mb", device, bands)
 
 
 def _band(objective: str, bands: dict) -> float:
@@ -206,12 +228,12 @@ def choice_order(rows: list[dict], objective: str, device: str, bands: dict) -> 
     """Eligible rows, best first, and how many tie with the best (values within its band)."""
     if not rows:
         return [], 0
-    best = min(_objective_value(r, objective, device) for r in rows)
+    best = min(_objective_value(r, objective, device, bands) for r in rows)
     band = _band(objective, bands)
-    tied = {r["cid"] for r in rows if _objective_value(r, objective, device) - best <= band}
+    tied = {r["cid"] for r in rows if _objective_value(r, objective, device, bands) - best <= band}
 
     def key(r):
-        value = best if r["cid"] in tied else _objective_value(r, objective, device)
+        value = best if r["cid"] in tied else _objective_value(r, objective, device, bands)
         return (value, -r["tune_accuracy"], r["bytes"]["compact"], r["cid"])
 
     return sorted(rows, key=key), len(tied)
@@ -223,8 +245,8 @@ def pareto_front(rows: list[dict], device: str, bands: dict) -> list[str]:
     Latency and memory count as better or worse only beyond their noise band.
     """
     def metrics(r):
-        m = r["devices"][device]
-        return r["tune_accuracy"], m["p50_ms"], m["peak_rss_mb"], r["bytes"]["compact"]
+        return (r["tune_accuracy"], _measured(r, "p50_ms", device, bands), _measured(r, "peak_rss_mb", device, bands),
+                r["bytes"]["compact"])
 
     def dominates(a, b):
         (acc_a, lat_a, rss_a, b_a), (acc_b, lat_b, rss_b, b_b) = metrics(a), metrics(b)

@@ -23,7 +23,7 @@ from .atomic import atomic_path, atomic_write_bytes, atomic_write_json, clean_st
 from .compact import SUFFIX as COMPACT_SUFFIX
 from .errors import RunDirError
 
-__all__ = ["RunDir", "DenseDir", "CandidateDir", "ModelRecords", "atomic_path", "atomic_write_bytes",
+__all__ = ["RunDir", "DenseDir", "CandidateDir", "VariantDir", "ModelRecords", "atomic_path", "atomic_write_bytes",
            "atomic_write_json", "read_json", "now_iso", "package_versions"]
 
 DENSE = "dense"  # the dense model's id wherever candidates are listed by id
@@ -36,6 +36,7 @@ STRATEGY_FILE, EVAL_FILE, EXPORT_FILE = "strategy.json", "eval.json", "export.js
 ONNX_FILE = "model.onnx"
 COMPACT_FILE = ONNX_FILE + COMPACT_SUFFIX
 BENCH_DIR = "bench"
+VARIANT_MARK = "+"  # <parent>+int8: a variant of another model
 _PARTS = "mixprune_parts"  # state.safetensors metadata: sha256 of the masks and values it belongs with
 
 
@@ -112,6 +113,10 @@ class ModelDir(abc.ABC):
         return self.path / EVAL_FILE
 
     @property
+    def strategy_json(self) -> Path:
+        return self.path / STRATEGY_FILE
+
+    @property
     def export_json(self) -> Path:
         return self.path / EXPORT_FILE
 
@@ -143,7 +148,10 @@ class ModelDir(abc.ABC):
         return read_json(self.eval_json, stage_hint="prune")
 
     def read_strategy(self) -> dict | None:
-        return None
+        return read_json(self.strategy_json, stage_hint="prune")
+
+    def write_strategy(self, record: dict) -> None:
+        atomic_write_json(self.strategy_json, record)
 
     def read_export(self) -> dict | None:
         return read_json(self.export_json) if self.export_json.is_file() else None
@@ -172,18 +180,25 @@ class ModelDir(abc.ABC):
         for path in (self.export_json, self.onnx_file, self.compact_file):
             path.unlink(missing_ok=True)
 
-    # weights (numpy arrays by parameter name) -------------------------------------------
+
+
+class TorchModelDir(ModelDir):
+    """A model with torch weights, which the export stage turns into ONNX: dense or pruned."""
+
     @abc.abstractmethod
     def load_state(self) -> dict:
-        """The full state dict."""
+        """The full state dict (numpy arrays by parameter name)."""
 
     @abc.abstractmethod
     def weights_digest(self) -> str:
         """sha256 that changes whenever the stored weights change (export.json keeps the one it exported)."""
 
 
-class DenseDir(ModelDir):
+class DenseDir(TorchModelDir):
     """``dense/``: the full state dict in weights.safetensors."""
+
+    def read_strategy(self) -> None:
+        return None
 
     @property
     def weights_file(self) -> Path:
@@ -203,17 +218,13 @@ class DenseDir(ModelDir):
         return _sha256_file(self.weights_file)
 
 
-class CandidateDir(ModelDir):
+class CandidateDir(TorchModelDir):
     """``candidates/<cid>/``: strategy.json, and the weights as masks (+ values) + state over dense.
 
     state.safetensors is written last and its metadata holds the sha256 of the masks and
     values it belongs with, so a write killed half-way is detected, and its sha256 is the
     candidate's weights digest.
     """
-
-    @property
-    def strategy_json(self) -> Path:
-        return self.path / STRATEGY_FILE
 
     @property
     def masks_file(self) -> Path:
@@ -226,12 +237,6 @@ class CandidateDir(ModelDir):
     @property
     def state_file(self) -> Path:
         return self.path / STATE_FILE
-
-    def read_strategy(self) -> dict:
-        return read_json(self.strategy_json, stage_hint="prune")
-
-    def write_strategy(self, record: dict) -> None:
-        atomic_write_json(self.strategy_json, record)
 
     def save_state(self, full: dict, pruned: list[str]) -> str:
         """Store the full state dict ``full`` whose ``pruned`` parameters hold the zeros; returns the digest."""
@@ -285,6 +290,17 @@ class CandidateDir(ModelDir):
         return _sha256_file(self.state_file)
 
 
+class VariantDir(ModelDir):
+    """``candidates/<parent>+<kind>/``: a model made from another one's ONNX file (an INT8 variant).
+
+    It has records and an ONNX file like every candidate, and no torch weights.
+    """
+
+    @property
+    def parent_id(self) -> str:
+        return self.id.split(VARIANT_MARK, 1)[0]
+
+
 class RunDir:
     """Paths and records of one run directory (``runs/<name>/``)."""
 
@@ -328,8 +344,13 @@ class RunDir:
     def dense(self) -> DenseDir:
         return DenseDir(self, DENSE, self.root / DENSE)
 
-    def candidate(self, cid: str) -> CandidateDir:
-        return CandidateDir(self, cid, self.candidates_dir / cid)
+    def candidate(self, cid: str) -> CandidateDir | VariantDir:
+        kind = VariantDir if VARIANT_MARK in cid else CandidateDir
+        return kind(self, cid, self.candidates_dir / cid)
+
+    def variant(self, parent: str, suffix: str) -> VariantDir:
+        """The variant ``<parent><suffix>`` of a model (``suffix`` starts with VARIANT_MARK)."""
+        return self.candidate(parent + suffix)
 
     def model(self, mid: str) -> ModelDir:
         return self.dense if mid == DENSE else self.candidate(mid)
@@ -341,10 +362,14 @@ class RunDir:
         return sorted(p.name for p in self.candidates_dir.iterdir() if (p / EVAL_FILE).is_file())
 
     def models(self) -> dict[str, ModelDir]:
-        """The dense model (once its weights exist) and every finished candidate, by id."""
+        """The dense model (once its weights exist) and every finished candidate and variant, by id."""
         found: dict[str, ModelDir] = {DENSE: self.dense} if self.dense.has_weights() else {}
         found.update({cid: self.candidate(cid) for cid in self.candidate_ids()})
         return found
+
+    def torch_models(self) -> dict[str, TorchModelDir]:
+        """The models with torch weights (dense, pruned candidates): what the export stage exports."""
+        return {mid: folder for mid, folder in self.models().items() if isinstance(folder, TorchModelDir)}
 
     def dense_state(self) -> dict:
         """The dense state dict (numpy), read once per RunDir: every candidate is stored against it."""

@@ -226,3 +226,20 @@ def test_emulated_timings_never_decide(run_copy):
     assert alone.exit_code == 0, alone.output
     ranking = load(run_copy / "ranking.json")
     assert ranking["chosen"] == reference["chosen"] and "emulated timings" in ranking["chosen_why"]
+
+
+def test_int8_variants_are_compared_on_measured_speed_with_fp32_ones_sharing_theirs(tmp_path):
+    """fp32 unstructured candidates run the same kernels: they share one latency (their median), and an
+    INT8 variant is faster only beyond the noise band of that comparison."""
+    records = _records(tmp_path, {"a": (0.897, 10.0, 10.1, 100), "b": (0.899, 11.0, 11.1, 100),
+                                  "c": (0.896, 10.5, 10.6, 100), "a+int8u": (0.895, 4.0, 4.1, 30)},
+                       mode="unstructured")
+    records["models"]["a+int8u"]["strategy"].update(kind="int8", parent="a")
+    ranking = rk.rank(records, max_drop=1.0)
+    assert ranking["chosen"] == "a+int8u" and not ranking["devices"][0]["same_speed"]
+    rows = {r["cid"]: r for r in ranking["candidates"]}
+    assert rows["a+int8u"]["kernels"] == "int8" and rows["a"]["kernels"] == "fp32"
+    # within the band of the fp32 models' shared 10.5 ms, accuracy decides again, and among the fp32 ones
+    # their own (noisy) p50 does not: "b" wins on accuracy although its record, 11.0 ms, is beyond the band
+    records["models"]["a+int8u"]["bench"]["dev"]["latency_ms"].update(p50=10.3, p90=10.4)
+    assert rk.rank(records, max_drop=1.0)["chosen"] == "b"
