@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from tests.helpers import check_contract, cli, load_candidates, prune
 
