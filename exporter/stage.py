@@ -85,9 +85,9 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
                     available[cid], spec, samples, options, prunable, label=f"{spec.name} ({cid})",
                     on_step=lambda name, cid=cid: progress.update(task, advance=1, description=f"export {cid}: {name}"),
                 ), skipped=False)
-    variants = quantize_models(run, chosen, activations, splits, force=options.force) if activations else {}
-    if todo or variants:
-        run.set_stage("export", "done", models=sorted({**results, **variants}))
+    variants, failures = quantize_models(run, chosen, activations, splits, force=options.force)
+    if todo or variants or failures:
+        run.set_stage("export", "done", models=sorted({**results, **variants}), variant_failures=failures)
     return {**{cid: results[cid] for cid in chosen}, **variants}
 
 

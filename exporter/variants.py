@@ -47,13 +47,14 @@ def _is_current(variant: VariantDir, parent_export: dict, quantization: dict) ->
 
 
 def quantize_models(run: RunDir, parents: list[str], activations: tuple[str, ...], splits: Splits,
-                    force: bool = False) -> dict[str, dict]:
-    """The INT8 variants of the exported ``parents``; returns {variant id: export record (``skipped``)}."""
+                    force: bool = False) -> tuple[dict[str, dict], dict[str, str]]:
+    """The INT8 variants of the exported ``parents``: ({variant id: export record (``skipped``)},
+    {variant id: why it could not be made}). A model onnxruntime cannot quantize loses only that variant."""
     if not activations:
-        return {}
+        return {}, {}
     calibration = _stack(splits.calibration)[0].numpy()
     held_out, tune = _stack(splits.val), _stack(splits.tune)
-    results = {}
+    results, failures = {}, {}
     for mid in parents:
         parent = run.model(mid)
         parent_export = parent.read_export()
@@ -64,9 +65,15 @@ def quantize_models(run: RunDir, parents: list[str], activations: tuple[str, ...
                 results[variant.id] = dict(variant.read_export(), skipped=True)
                 continue
             say(f"quantizing {mid} to INT8 ({activation} activations): {variant.id}")
-            results[variant.id] = dict(make_variant(run, parent, parent_export, variant, quantization, calibration,
-                                                    held_out, tune), skipped=False)
-    return results
+            try:
+                results[variant.id] = dict(make_variant(run, parent, parent_export, variant, quantization,
+                                                        calibration, held_out, tune), skipped=False)
+            except ExportError as exc:
+                if len(calibration) == 0:
+                    raise  # no variant can be made: the run cannot go on as asked
+                failures[variant.id] = str(exc)
+                say(f"[yellow]warning: {exc}; {variant.id} is left out[/yellow]")
+    return results, failures
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

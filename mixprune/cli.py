@@ -266,6 +266,7 @@ def export(run_dir, candidates, storage, quantize, no_simplify, opset, force):
     `python -m mixprune.compact expand`) and export.json into each model's folder.
     """
     from mixprune.exporter.stage import ExportOptions, export_run
+    from mixprune.runs import RunDir
 
     options = ExportOptions(opset=opset, storage=storage, simplify=not no_simplify, force=force, quantize=quantize)
     results = export_run(run_dir, candidates, options)
@@ -277,6 +278,9 @@ def export(run_dir, candidates, storage, quantize, no_simplify, opset, force):
             f"zeros {rec['zeros_onnx']}/{rec['zeros_torch']} {'kept' if rec['sparsity_preserved'] else 'LOST'}  "
             f"max|diff| {rec['parity']['max_abs_diff']:.1e}  top-1 agree {rec['parity']['top1_agreement']:.3f}  "
             f"onnx {size['onnx'] / 1e6:.2f} MB, compact {size['compact'] / size['onnx']:.3f}x")
+    stage = RunDir(run_dir).load().get("stages", {}).get("export", {})
+    for vid, why in (stage.get("variant_failures", {}) if quantize != "none" else {}).items():
+        click.echo(f"{vid}  not made: {why}")
 
 
 

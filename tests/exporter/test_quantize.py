@@ -107,3 +107,21 @@ def test_bad_quantize_value_and_no_calibration_images(build_run):
     assert result.exit_code == 2 and "'int4' is not one of" in result.output
     with pytest.raises(ExportError, match="calibration split is empty"):
         quantize(b"", np.zeros((0, 1, 16, 16), np.float32), "uint8", "m")
+
+
+def test_a_model_onnxruntime_cannot_quantize_loses_only_that_variant(build_run, monkeypatch):
+    from mixprune.exporter import variants
+
+    def refuse(onnx_bytes, images, activation, label):
+        if activation == "int8":
+            raise ExportError(f"onnxruntime cannot quantize {label} ({activation} activations): op NoSuchOp")
+        return quantize(onnx_bytes, images, activation, label)
+
+    monkeypatch.setattr(variants, "quantize", refuse)
+    run = build_run("resnet", {"a": 0.5})
+    result = cli("export", run, "--candidate", "a", "--quantize", "auto")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "candidates").iterdir()) == ["a", "a+int8u"]  # nothing half-written
+    assert RunDir(run).candidate_ids() == ["a", "a+int8u"] and "NoSuchOp" in result.output
+    failures = _load(run / "run.json")["stages"]["export"]["variant_failures"]
+    assert list(failures) == ["a+int8"] and "NoSuchOp" in failures["a+int8"]
