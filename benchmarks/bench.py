@@ -55,7 +55,9 @@ def _unstructured_note(model_dir: ModelDir) -> dict:
     info = model_dir.read_strategy()
     if info is None:
         return {}
-    sparse = (info.get("global_sparsity") or 0) > 0 and info.get("mode", "unstructured") == "unstructured"
+    # INT8 variants run integer kernels: the note on zeros and dense kernels is not theirs
+    sparse = ((info.get("global_sparsity") or 0) > 0 and info.get("mode", "unstructured") == "unstructured"
+              and info.get("kind") != "int8")
     return {"note": UNSTRUCTURED_NOTE} if sparse else {}
 
 

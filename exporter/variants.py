@@ -66,7 +66,7 @@ def quantize_models(run: RunDir, parents: list[str], activations: tuple[str, ...
                 continue
             say(f"quantizing {mid} to INT8 ({activation} activations): {variant.id}")
             try:
-                results[variant.id] = dict(make_variant(run, parent, parent_export, variant, quantization,
+                results[variant.id] = dict(make_variant(parent, parent_export, variant, quantization,
                                                         calibration, held_out, tune), skipped=False)
             except ExportError as exc:
                 if len(calibration) == 0:
@@ -80,10 +80,10 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(axis=1) == labels))
 
 
-def make_variant(run: RunDir, parent: ModelDir, parent_export: dict, variant: VariantDir, quantization: dict,
+def make_variant(parent: ModelDir, parent_export: dict, variant: VariantDir, quantization: dict,
                  calibration: np.ndarray, held_out: tuple, tune: tuple) -> dict:
     """Quantize, check, measure and write one variant; returns its export record."""
-    label = f"{run.require()['model']['name']} ({variant.id})"
+    label = f"{parent_export['model']} ({variant.id})"
     variant.eval_json.unlink(missing_ok=True)  # unfinished until its eval.json lands again
     variant.drop_export()
     dense_bytes = compact.unpack(parent.compact_file.read_bytes())
@@ -99,12 +99,13 @@ def make_variant(run: RunDir, parent: ModelDir, parent_export: dict, variant: Va
     if compact.unpack(container) != int8_bytes:
         raise ExportError(f"the compact container of {label} does not expand to its ONNX file")
     agreement = parity.compare(parent_logits, int8_logits)
+    sha256 = hashlib.sha256(int8_bytes).hexdigest()  # no sparse storage of a variant: model.onnx is the dense file
     record = {
         "model": parent_export["model"], "kind": "int8", "parent": parent.id,
         "parent_onnx_sha256": parent_export["dense_onnx_sha256"], "quantization": quantization,
         "opset": parent_export["opset"], "storage": "dense",
         "files": {"onnx": variant.onnx_file.name, "compact": variant.compact_file.name},
-        "onnx_sha256": hashlib.sha256(int8_bytes).hexdigest(), "dense_onnx_sha256": hashlib.sha256(int8_bytes).hexdigest(),
+        "onnx_sha256": sha256, "dense_onnx_sha256": sha256,
         **io_spec(proto),
         "zeros_torch": parent_export["zeros_torch"], "zeros_onnx": zeros["zeros_int8"],
         "zeros_int8": zeros["zeros_int8"], "lost": zeros["lost"], "prunable_params": parent_export["prunable_params"],

@@ -36,10 +36,9 @@ def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[s
     """The candidates `run` exports, and a note for each one within --max-drop it leaves out."""
     dense, _ = accuracy_of(run.dense.read_eval(), SELECTION_SPLIT)
     passing = []
-    for cid in run.torch_models():
+    for cid, folder in run.torch_models().items():
         if cid == DENSE:
             continue
-        folder = run.candidate(cid)
         accuracy, _ = accuracy_of(folder.read_eval(), SELECTION_SPLIT)
         if (dense - accuracy) * 100 <= config.max_drop + 1e-9:
             passing.append((cid, accuracy, folder.read_strategy()["global_sparsity"]))

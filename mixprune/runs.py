@@ -296,10 +296,6 @@ class VariantDir(ModelDir):
     It has records and an ONNX file like every candidate, and no torch weights.
     """
 
-    @property
-    def parent_id(self) -> str:
-        return self.id.split(VARIANT_MARK, 1)[0]
-
 
 class RunDir:
     """Paths and records of one run directory (``runs/<name>/``)."""

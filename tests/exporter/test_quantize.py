@@ -125,3 +125,11 @@ def test_a_model_onnxruntime_cannot_quantize_loses_only_that_variant(build_run, 
     assert RunDir(run).candidate_ids() == ["a", "a+int8u"] and "NoSuchOp" in result.output
     failures = _load(run / "run.json")["stages"]["export"]["variant_failures"]
     assert list(failures) == ["a+int8"] and "NoSuchOp" in failures["a+int8"]
+
+
+def test_int8_bench_records_carry_no_note_on_unstructured_kernels(quantized):
+    from mixprune.benchmarks.bench import _unstructured_note
+
+    run, _ = quantized
+    assert _unstructured_note(RunDir(run).candidate("p90"))["note"].startswith("unstructured sparsity")
+    assert _unstructured_note(RunDir(run).candidate("p90+int8u")) == {}
