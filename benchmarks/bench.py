@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from mixprune.devices.profiles import Profile
 from mixprune.errors import BenchmarkError, RunDirError
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import ModelDir, RunDir
+from mixprune.runs import DENSE, ModelDir, RunDir
 
+from . import paired
 from .records import UNSTRUCTURED_NOTE, make_record
 
 
@@ -19,6 +21,7 @@ def agent_config(profile: Profile, *, runs: int | None = None, warmup: int | Non
     return {
         "runs": profile.runs if runs is None else runs,
         "warmup": profile.warmup if warmup is None else warmup,
+        "rounds": profile.rounds,
         "intra_op_threads": profile.intra_op_threads if threads is None else threads,
         "inter_op_threads": profile.inter_op_threads,
         "allow_spinning": profile.allow_spinning,
@@ -70,10 +73,12 @@ def _export_shapes(model_dir: ModelDir) -> dict[str, list[int]]:
 
 
 def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> dict[str, dict]:
-    """Measure the dense model and every exported candidate, one fresh process each.
+    """Measure the dense model and every exported candidate: each alone in a fresh process
+    (cold start, peak RSS), then all of them interleaved with the dense model (benchmarks.paired).
 
     Writes each model's bench record atomically after each model, so an interrupted run
-    keeps the finished records and never leaves a partial one.
+    keeps the finished records and never leaves a partial one; the ``interleaved`` blocks
+    are added once every group is measured. ``bench_id`` ties the records of one bench.
     """
     run = RunDir(root)
     run.require()
@@ -85,14 +90,38 @@ def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> di
     if skipped:
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         say(f"{len(skipped)} not exported yet, skipped: {shown}")
-    records = {}
+    records, bench_id = {}, uuid.uuid4().hex[:12]
     with progress_bar() as progress:
-        counter = Counter(progress, f"Benchmarking on {profile.name}", total=len(todo), every=1)
+        counter = Counter(progress, f"Benchmarking on {profile.name}, each model alone", total=len(todo), every=1)
         for cid, model_dir in todo.items():
-            model_config = {**config, "shapes": {**_export_shapes(model_dir), **config["shapes"]}}
-            record = bench_model(model_dir.onnx_file, profile, model_config, candidate=cid,
-                                 **_unstructured_note(model_dir))
+            record = bench_model(model_dir.onnx_file, profile, _model_config(config, model_dir), candidate=cid,
+                                 bench_id=bench_id, **_unstructured_note(model_dir))
             model_dir.write_bench(profile.name, record)
             records[cid] = record
             counter.advance(f"({cid}: p50 {record['latency_ms']['p50']:.3f} ms)")
+        if len(todo) > 1:
+            blocks = _interleaved(todo, profile, config, bench_id, progress)
+            for cid, model_dir in todo.items():
+                records[cid]["interleaved"] = blocks[cid]
+                model_dir.write_bench(profile.name, records[cid])
     return records
+
+
+def _model_config(config: dict, *model_dirs: ModelDir) -> dict:
+    """The models of a run directory share their inputs: one set of shapes serves a whole group."""
+    exported = {name: shape for d in model_dirs for name, shape in _export_shapes(d).items()}
+    return {**config, "shapes": {**exported, **config["shapes"]}}
+
+
+def _interleaved(todo: dict[str, ModelDir], profile: Profile, config: dict, bench_id: str, progress) -> dict:
+    """{model id: ``interleaved`` block}: every model timed in one process with the dense model."""
+    reference = DENSE if DENSE in todo else next(iter(todo))
+    batches = paired.groups(reference, [cid for cid in todo if cid != reference], profile.interleave_models)
+    counter = Counter(progress, f"Timing on {profile.name}, interleaved with {reference}", total=len(batches), every=1)
+    measured = []
+    for ids in batches:
+        dirs = [todo[cid] for cid in ids]
+        raw = profile.runner.interleave([d.onnx_file for d in dirs], _model_config(config, *dirs))
+        measured.append((ids, raw))
+        counter.advance(f"({', '.join(ids[1:])})")
+    return paired.summarize(measured, reference, bench_id)

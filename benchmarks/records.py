@@ -68,12 +68,19 @@ def format_record(r: dict) -> str:
 
 def format_table(records: dict[str, dict]) -> str:
     """One line per model of a run directory (what `mixprune bench RUN_DIR` prints)."""
-    head = f"{'model':<24} {'p50 ms':>9} {'p90 ms':>9} {'cold ms':>9} {'peak MB':>9} {'size MB':>9} {'gzip MB':>9}  flags"
+    head = (f"{'model':<24} {'p50 ms':>9} {'p90 ms':>9} {'cold ms':>9} {'peak MB':>9} {'size MB':>9} {'gzip MB':>9}"
+            f" {'paired ms':>9} {'x dense':>15}  flags")
     rows = [head]
     for cid, r in records.items():
         flags = [f for f, on in (("emulated", r["emulated"]), ("over-memory-budget", r["over_memory_budget"]),
                                  ("over-latency-budget", r["over_latency_budget"])) if on]
+        paired = r.get("interleaved")
+        ratio = paired["ratio_to_reference"] if paired else None
         rows.append(f"{cid:<24} {r['latency_ms']['p50']:>9.3f} {r['latency_ms']['p90']:>9.3f} "
                     f"{r['cold_start_ms']:>9.1f} {r['peak_rss_mb']:>9.1f} {r['model_bytes'] / MB:>9.2f} "
-                    f"{r['model_gzip_bytes'] / MB:>9.2f}  {' '.join(flags)}")
-    return "\n".join(rows)
+                    f"{r['model_gzip_bytes'] / MB:>9.2f} " + (f"{paired['p50_ms']:>9.3f} " if paired else f"{'-':>9} ")
+                    + (f"{ratio['median']:>5.2f} ({ratio['q1']:.2f}-{ratio['q3']:.2f})" if ratio else f"{'-':>15}")
+                    + f"  {' '.join(flags)}")
+    footer = ("paired ms / x dense: timed in one process with the dense model, runs interleaved (median ratio to "
+              "dense, quartiles); p50 ms: each model alone in its own process")
+    return "\n".join(rows + ([footer] if any(r.get("interleaved") for r in records.values()) else []))

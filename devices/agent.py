@@ -6,13 +6,20 @@ one file to the device (or run it locally / under qemu) and read back the single
 line it prints on stdout:
 
     python agent.py MODEL.onnx --json-config '{"runs": 100, "warmup": 10, "intra_op_threads": 4}'
+    python agent.py REFERENCE.onnx A.onnx B.onnx --json-config '{"runs": 100, "rounds": 20}'
 
 Success: the record (see ARCHITECTURE.md "bench" keys) and exit code 0. Failure: one line
 ``{"error": "<message>"}`` and exit code 2, so every transport reports the same way.
 
-Order of measurement: baseline RSS (interpreter + numpy + onnxruntime imported), session
+One model (isolated): baseline RSS (interpreter + numpy + onnxruntime imported), session
 creation, first inference (cold start), warm-up, timed runs with perf_counter_ns, then
 peak RSS of this process (before anything else allocates), then file and gzip sizes.
+
+Several models (interleaved): every model is loaded in this one process and warmed up,
+then ``rounds`` rounds each run every model ``runs / rounds`` times, in an order that
+rotates and reverses from round to round, after one untimed run that refills the caches
+the previous model evicted. Whatever slows the machine down during a round slows all of
+them, so the per-round ratios between models stay true when absolute times drift.
 """
 
 import time
@@ -47,6 +54,7 @@ DEFAULTS = {
     "execution_providers": ["CPUExecutionProvider"],
     "shapes": {},  # input name -> list of ints, for dynamic dimensions
     "seed": 0,
+    "rounds": 20,  # interleaved measurement only
 }
 
 OPT_LEVELS = {
@@ -240,18 +248,21 @@ def latency_stats(samples_ns):
 
 
 # --- the measurement --------------------------------------------------------------------
-def benchmark(model, config):
+def _settings(config):
     config = {**DEFAULTS, **config}
-    runs, warmup = int(config["runs"]), int(config["warmup"])
-    if runs < 1 or warmup < 0:
-        raise AgentError(f"runs must be >= 1 and warmup >= 0, got runs={runs} warmup={warmup}")
-    if not os.path.isfile(model):
-        raise AgentError(f"model file {model} does not exist")
+    runs, warmup, rounds = int(config["runs"]), int(config["warmup"]), int(config["rounds"])
+    if runs < 1 or warmup < 0 or rounds < 1:
+        raise AgentError(f"runs and rounds must be >= 1 and warmup >= 0, got runs={runs} rounds={rounds} "
+                         f"warmup={warmup}")
     if config["intra_op_threads"] == 0:
         config["intra_op_threads"] = usable_cores()
-    baseline_rss = rss_mb()
-    state_before = thermal_state()
+    return {**config, "runs": runs, "warmup": warmup, "rounds": rounds}
 
+
+def _load(model, config):
+    """Session, inputs and the cold-start times (session creation, first run) of one model."""
+    if not os.path.isfile(model):
+        raise AgentError(f"model file {model} does not exist")
     t0 = time.perf_counter_ns()
     session = make_session(model, config)
     t1 = time.perf_counter_ns()
@@ -262,30 +273,22 @@ def benchmark(model, config):
     except Exception as exc:
         raise AgentError(f"onnxruntime failed to run {os.path.basename(model)}: {one_line(exc)}") from exc
     t3 = time.perf_counter_ns()
-    for _ in range(warmup):
-        session.run(None, feeds)
+    return session, feeds, (t1 - t0) / 1e6, (t3 - t2) / 1e6
+
+
+def _timed(session, feeds, runs):
     samples = []
     for _ in range(runs):
         start = time.perf_counter_ns()
         session.run(None, feeds)
         samples.append(time.perf_counter_ns() - start)
-    peak = peak_rss_mb()
-    state_after = thermal_state()
+    return samples
 
-    create_ms, first_ms = (t1 - t0) / 1e6, (t3 - t2) / 1e6
+
+def _setup(config, session, feeds):
+    """What the measurement ran with (the same keys in both kinds of record)."""
     return {
-        "model": model,
-        "latency_ms": latency_stats(samples),
-        "cold_start_ms": create_ms + first_ms,
-        "session_create_ms": create_ms,
-        "first_run_ms": first_ms,
-        "agent_import_ms": (_T_IMPORTED_NS - _T_START_NS) / 1e6,
-        "peak_rss_mb": peak,
-        "baseline_rss_mb": baseline_rss,
-        "model_bytes": os.path.getsize(model),
-        "model_gzip_bytes": gzip_size(model),
-        "runs": runs,
-        "warmup": warmup,
+        "warmup": config["warmup"],
         "threads": config["intra_op_threads"],
         "inter_op_threads": config["inter_op_threads"],
         "allow_spinning": bool(config["allow_spinning"]),
@@ -297,6 +300,77 @@ def benchmark(model, config):
         "python_version": platform.python_version(),
         "machine": platform.machine(),
         "usable_cores": usable_cores(),
+    }
+
+
+def benchmark(model, config):
+    """One model, alone in this process: latency, cold start, peak RSS and sizes."""
+    config = _settings(config)
+    baseline_rss = rss_mb()
+    state_before = thermal_state()
+    session, feeds, create_ms, first_ms = _load(model, config)
+    _timed(session, feeds, config["warmup"])
+    samples = _timed(session, feeds, config["runs"])
+    peak = peak_rss_mb()
+    state_after = thermal_state()
+    return {
+        "model": model,
+        "latency_ms": latency_stats(samples),
+        "cold_start_ms": create_ms + first_ms,
+        "session_create_ms": create_ms,
+        "first_run_ms": first_ms,
+        "agent_import_ms": (_T_IMPORTED_NS - _T_START_NS) / 1e6,
+        "peak_rss_mb": peak,
+        "baseline_rss_mb": baseline_rss,
+        "model_bytes": os.path.getsize(model),
+        "model_gzip_bytes": gzip_size(model),
+        "runs": config["runs"],
+        **_setup(config, session, feeds),
+        "before": state_before,
+        "after": state_after,
+        "throttled": throttled(),
+    }
+
+
+def round_order(count, round_index):
+    """Model indices for one round: rotated by the round number, reversed every other round,
+    so no model always runs first or always follows the same neighbour."""
+    shift = round_index % count
+    order = list(range(shift, count)) + list(range(shift))
+    return order[::-1] if round_index % 2 else order
+
+
+def interleave(models, config):
+    """Several models in this one process, their runs interleaved over rounds (module docstring).
+
+    Per model: the latency statistics of all its timed runs and ``round_p50_ms``, the median
+    of each round (the caller pairs them across models, round by round).
+    """
+    config = _settings(config)
+    if len(models) < 2:
+        raise AgentError("interleaved timing needs at least two models")
+    state_before = thermal_state()
+    loaded = [_load(model, config)[:2] for model in models]
+    for session, feeds in loaded:
+        _timed(session, feeds, config["warmup"])
+    per_round = max(1, -(-config["runs"] // config["rounds"]))  # ceil: at least ``runs`` timed runs in all
+    samples = [[] for _ in models]
+    round_p50 = [[] for _ in models]
+    for r in range(config["rounds"]):
+        for i in round_order(len(models), r):
+            session, feeds = loaded[i]
+            session.run(None, feeds)  # refill the caches the previous model evicted
+            taken = _timed(session, feeds, per_round)
+            samples[i].extend(taken)
+            round_p50[i].append(float(np.median(taken)) / 1e6)
+    state_after = thermal_state()
+    return {
+        "models": [{"model": model, "latency_ms": latency_stats(s), "round_p50_ms": p50, "model_bytes":
+                    os.path.getsize(model)} for model, s, p50 in zip(models, samples, round_p50)],
+        "rounds": config["rounds"],
+        "runs_per_round": per_round,
+        **_setup(config, *loaded[0]),
+        "peak_rss_mb": peak_rss_mb(),
         "before": state_before,
         "after": state_after,
         "throttled": throttled(),
@@ -304,8 +378,9 @@ def benchmark(model, config):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Benchmark one ONNX model with onnxruntime; prints one JSON line.")
-    parser.add_argument("model", help="path of the .onnx file")
+    parser = argparse.ArgumentParser(description="Benchmark ONNX models with onnxruntime; prints one JSON line. "
+                                                 "One model: measured alone; several: interleaved in one process.")
+    parser.add_argument("models", nargs="+", metavar="model", help="path of an .onnx file")
     parser.add_argument("--json-config", default="{}",
                         help="JSON object overriding " + ", ".join(sorted(DEFAULTS)))
     args = parser.parse_args()
@@ -316,7 +391,7 @@ def main():
             raise AgentError(f"--json-config is not valid JSON: {exc}") from exc
         if not isinstance(config, dict) or set(config) - set(DEFAULTS):
             raise AgentError(f"--json-config must be an object with keys among {sorted(DEFAULTS)}")
-        record = benchmark(args.model, config)
+        record = benchmark(args.models[0], config) if len(args.models) == 1 else interleave(args.models, config)
     except AgentError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 2

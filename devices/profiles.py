@@ -45,7 +45,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "benchmark": {
         "warmup": Field("int", 10, minimum=0),
-        "runs": Field("int", 100, minimum=1),
+        "runs": Field("int", 100, minimum=1, help="timed runs per model (in all, over the interleaved rounds)"),
+        "rounds": Field("int", 20, minimum=1, help="rounds of interleaved runs when a run directory's models "
+                                                   "are compared in one process"),
+        "interleave_models": Field("int", 8, minimum=2, help="models loaded in one process at once (with the "
+                                                             "reference); lower it on a device with little RAM"),
         "shapes": Field(SHAPES, {}, help='sizes for dynamic input dims, e.g. {input = "1x3x224x224"}'),
     },
 }
@@ -69,6 +73,8 @@ class Profile:
     size_budget_mb: float
     warmup: int
     runs: int
+    rounds: int
+    interleave_models: int
     shapes: dict
     runner: Runner
     source: str
@@ -98,7 +104,8 @@ def parse_profile(data: dict, where: str) -> Profile:
         graph_optimization_level=ort["graph_optimization_level"], allow_spinning=ort["allow_spinning"],
         memory_budget_mb=budget["memory_mb"], latency_budget_ms=budget["latency_ms"],
         size_budget_mb=budget["size_mb"],
-        warmup=bench["warmup"], runs=bench["runs"], shapes=bench["shapes"], runner=runner, source=where,
+        warmup=bench["warmup"], runs=bench["runs"], rounds=bench["rounds"],
+        interleave_models=bench["interleave_models"], shapes=bench["shapes"], runner=runner, source=where,
     )
 
 

@@ -13,6 +13,7 @@ import click
 
 from .config import (BASELINES, EXECUTORS, FIELDS, MODES, OBJECTIVES, QUANTIZE, QUICK_DEFAULTS, RUN_DEFAULTS,
                      SIGNALS, STORAGES, RunConfig, resolve_resume, run_presets)
+from .devices.fields import MB
 from .errors import MixpruneError
 
 
@@ -277,7 +278,7 @@ def export(run_dir, candidates, storage, quantize, no_simplify, opset, force):
             f"{cid:<{width}}  {'skipped (up to date)' if rec['skipped'] else 'exported':<20} "
             f"zeros {rec['zeros_onnx']}/{rec['zeros_torch']} {'kept' if rec['sparsity_preserved'] else 'LOST'}  "
             f"max|diff| {rec['parity']['max_abs_diff']:.1e}  top-1 agree {rec['parity']['top1_agreement']:.3f}  "
-            f"onnx {size['onnx'] / 1e6:.2f} MB, compact {size['compact'] / size['onnx']:.3f}x")
+            f"onnx {size['onnx'] / MB:.2f} MB, compact {size['compact'] / size['onnx']:.3f}x")
     stage = RunDir(run_dir).load().get("stages", {}).get("export", {})
     for vid, why in (stage.get("variant_failures", {}) if quantize != "none" else {}).items():
         click.echo(f"{vid}  not made: {why}")
@@ -409,14 +410,16 @@ def rank(run_dir, max_drop, devices, objective):
 
 def _print_ranking(ranking: dict, run_dir, top: int = 5) -> None:
     devices = [d["name"] for d in ranking["devices"]]
-    click.echo(f"{'rank':>4}  {'candidate':<32} {'sparsity':>8} {'accuracy':>8} {'drop pt':>7} {'compact MB':>10}"
-               + "".join(f" {d + ' p50 ms':>14}" for d in devices))
+    click.echo(f"{'rank':>4}  {'candidate':<32} {'kernels':>7} {'sparsity':>8} {'accuracy':>8} {'drop pt':>7} "
+               f"{'compact MB':>10}" + "".join(f" {d + ' p50 ms':>14}" for d in devices))
     for r in [r for r in ranking["candidates"] if r["eligible"]][:top]:
-        click.echo(f"{r['rank']:>4}  {r['cid']:<32} {r['global_sparsity']:>8.1%} {r['accuracy']:>8.2%} "
-                   f"{r['drop_points']:>7.2f} {r['bytes']['compact'] / 1e6:>10.2f}"
+        click.echo(f"{r['rank']:>4}  {r['cid']:<32} {r['kernels']:>7} {r['global_sparsity']:>8.1%} "
+                   f"{r['accuracy']:>8.2%} {r['drop_points']:>7.2f} {r['bytes']['compact'] / MB:>10.2f}"
                    + "".join(f" {r['devices'][d]['p50_ms']:>14.3f}" for d in devices))
     excluded = len(ranking["candidates"]) - ranking["eligible_count"]
     click.echo(f"... {ranking['eligible_count']} eligible, {excluded} excluded (reasons in ranking.json)")
+    for vid, why in ranking["variant_failures"].items():
+        click.echo(f"not made: {vid}: {why}")
     click.echo(f"speed: {ranking['speed_note']}")
     click.echo(f"chosen: {ranking['chosen_why']}")
     click.echo(f"written: {run_dir}/ranking.json, {run_dir}/report.html, {run_dir}/pareto.png")

@@ -18,10 +18,14 @@ Choice rule (``chosen``), stable across re-runs:
 1. Objective value on the *choice device*, the first real (non-emulated) ranked device:
    ``latency`` = p50 ms, ``memory`` = peak RSS MB, ``size`` = bytes of the most compact
    lossless storage (export.json ``bytes.compact``).
-2. Values within the measured noise of the best one are ties. Latency band:
+2. Values within the measured noise of the best one are ties. Latency comes from the
+   interleaved timing of one bench (benchmarks.paired: every model in one process with the
+   dense model, the median paired ratio times dense's p50); its band is the best p50 times
+   the widest interquartile range of any model's paired ratios, at least 2%. Records
+   without it (models benched one at a time) fall back to each model's own p50, band
    max(p90 - p50 of the best record, 5% of its p50) (the harness study measured 2-5%
-   spreads between paired runs of one model on a quiet core; p90 - p50 widens the band on a
-   loaded machine). Memory band: max(1 MB, 2%). Size: exact bytes.
+   spreads between runs of one model in separate processes on a quiet core). Memory band:
+   max(1 MB, 2%). Size: exact bytes.
    When every compared model is unstructured and the device runs onnxruntime's CPU
    provider, latency and memory are ties *by construction* (no sparse kernels: the same
    dense kernels run whatever the zeros), and so are emulated timings, which say that a
@@ -46,10 +50,11 @@ from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
 from .config import OBJECTIVES
 from .devices.fields import MB
 from .errors import MixpruneError, RunDirError
-from .runs import RunDir
+from .runs import DENSE, RunDir
 
 FORMAT_VERSION = 1
-LATENCY_NOISE_FLOOR = 0.05  # relative
+LATENCY_NOISE_FLOOR = 0.05  # relative, latency of models timed in separate processes
+PAIRED_NOISE_FLOOR = 0.02  # relative, latency from interleaved runs (paired ratios)
 MEMORY_NOISE_MB, MEMORY_NOISE_FLOOR = 1.0, 0.02
 CPU_PROVIDER = "CPUExecutionProvider"
 RULE = ("eligible = accuracy drop on the tune split <= max_drop points, verified export, within every device's "
@@ -115,7 +120,8 @@ def _device_metrics(bench: dict | None) -> dict | None:
     if bench is None:
         return None
     lat = bench["latency_ms"]
-    return {"p50_ms": lat["p50"], "p90_ms": lat["p90"], "peak_rss_mb": bench["peak_rss_mb"],
+    return {"p50_ms": lat["p50"], "p90_ms": lat["p90"], "p50_isolated_ms": lat["p50"], "latency_source": "isolated",
+            "interleaved": bench.get("interleaved"), "peak_rss_mb": bench["peak_rss_mb"],
             "model_bytes": bench["model_bytes"], "emulated": bool(bench["emulated"]),
             "cpu_only": list(bench.get("execution_providers") or [CPU_PROVIDER]) == [CPU_PROVIDER],
             "over_memory_budget": bool(bench.get("over_memory_budget")),
@@ -139,13 +145,19 @@ def _device_reasons(device: str, m: dict | None, root: Path) -> list[str]:
 
 
 def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float, devices: list[str],
-                  root: Path, export_note: str | None) -> dict:
-    """``dense``: the dense model's accuracy per split. Eligibility uses tune, ``accuracy`` reports held-out."""
+                  root: Path, export_note: str | None, parent_tune: float | None = None) -> dict:
+    """``dense``: the dense model's accuracy per split. Eligibility uses tune, ``accuracy`` reports held-out.
+    ``parent_tune``: an INT8 variant's parent's tune accuracy (its loss to quantization is named)."""
     strategy, export = rec["strategy"], rec["export"]
     accuracy, source = accuracy_of(rec["eval"], REPORT_SPLIT)
     tune_accuracy, _ = accuracy_of(rec["eval"], SELECTION_SPLIT)
     tune_drop = (dense[SELECTION_SPLIT] - tune_accuracy) * 100
     reasons = []
+    if parent_tune is not None and (parent_tune - tune_accuracy) * 100 > max_drop + 1e-9:
+        agreement = rec["eval"].get("agreement_with_parent")
+        agrees = f", top-1 agreement with it {agreement * 100:.1f}% on held-out" if agreement is not None else ""
+        reasons.append(f"INT8 accuracy collapsed: {(parent_tune - tune_accuracy) * 100:.2f} points below its parent "
+                       f"{strategy['parent']} on the tune split{agrees}")
     if tune_drop > max_drop + 1e-9:
         reasons.append(f"accuracy drop {tune_drop:.2f} > {max_drop:g} points on the tune split")
     if export is None:
@@ -162,7 +174,7 @@ def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float,
     row = {
         "cid": cid, "kind": strategy["kind"], "signal": strategy["signal"], "strategy": strategy["strategy"],
         "mode": strategy.get("mode", "unstructured"), "kernels": "int8" if strategy["kind"] == "int8" else "fp32",
-        "parent": strategy.get("parent"),
+        "parent": strategy.get("parent"), "activation": (strategy.get("quantization") or {}).get("activation_type"),
         "global_sparsity": strategy["global_sparsity"], "baselines": strategy.get("baselines", []),
         "accuracy": accuracy, "accuracy_source": source,
         "drop_points": round((dense[REPORT_SPLIT] - accuracy) * 100, 4),
@@ -182,6 +194,23 @@ def _same_kernels(row: dict) -> bool:
     return row["kernels"] == "fp32" and row["mode"] == "unstructured"
 
 
+def use_paired_latency(device: str, rows: list[dict], dense: dict | None) -> bool:
+    """Put every model's latency on ``device`` on the interleaved scale when all of them (and the
+    dense model) were timed in the same interleaved bench; leave the isolated p50s otherwise."""
+    ms = [m for m in [dense, *(r["devices"][device] for r in rows)] if m and m.get("benched", True)]
+    blocks = [m["interleaved"] for m in ms]
+    if not ms or any(b is None for b in blocks) or len({b["bench_id"] for b in blocks}) != 1:
+        return False
+    for m in ms:
+        m.update(p50_ms=m["interleaved"]["p50_ms"], latency_source="interleaved")
+    return True
+
+
+def _paired_spread(m: dict) -> float:
+    ratio = m["interleaved"]["ratio_to_reference"]
+    return (ratio["q3"] - ratio["q1"]) / ratio["median"]
+
+
 def device_bands(device: str, rows: list[dict]) -> dict:
     """Tie bands for latency and memory on ``device`` from its records (see the module docstring).
 
@@ -191,7 +220,8 @@ def device_bands(device: str, rows: list[dict]) -> dict:
     """
     ms = [r["devices"][device] for r in rows if r["devices"][device]["benched"]]
     if not ms:
-        return {"latency_ms": 0.0, "memory_mb": 0.0, "same_speed": False, "emulated": False, "shared": None}
+        return {"latency_ms": 0.0, "memory_mb": 0.0, "same_speed": False, "emulated": False, "shared": None,
+                "latency_source": None}
     emulated = any(m["emulated"] for m in ms)
     cpu_only = all(m["cpu_only"] for m in ms)
     same_speed = cpu_only and all(_same_kernels(r) for r in rows)
@@ -200,12 +230,17 @@ def device_bands(device: str, rows: list[dict]) -> dict:
         if cpu_only and group and not same_speed else None
     best = min(ms, key=lambda m: m["p50_ms"])
     tied_by_construction = same_speed or emulated
+    source = ms[0]["latency_source"]
+    if source == "interleaved":
+        relative = max(PAIRED_NOISE_FLOOR, *(_paired_spread(m) for m in ms))
+        latency = relative * best["p50_ms"]
+    else:
+        latency = max(best["p90_ms"] - best["p50_ms"], LATENCY_NOISE_FLOOR * best["p50_ms"])
     return {
-        "latency_ms": math.inf if tied_by_construction else max(best["p90_ms"] - best["p50_ms"],
-                                                                 LATENCY_NOISE_FLOOR * best["p50_ms"]),
+        "latency_ms": math.inf if tied_by_construction else latency,
         "memory_mb": math.inf if tied_by_construction else max(MEMORY_NOISE_MB,
                                                                MEMORY_NOISE_FLOOR * min(m["peak_rss_mb"] for m in ms)),
-        "same_speed": same_speed, "emulated": emulated, "shared": shared,
+        "same_speed": same_speed, "emulated": emulated, "shared": shared, "latency_source": source,
     }
 
 
@@ -273,7 +308,43 @@ def speed_note(device: str, rows: list[dict], bands: dict) -> str:
         return (f"{device}: candidates differ only in accuracy and file size, not in speed or memory: "
                 f"unstructured sparsity on onnxruntime's CPU provider runs the same dense kernels "
                 f"(measured {spread}, spread is noise{size}); none of them is faster than the dense model")
-    return f"{device}: latency ties within {bands['latency_ms']:.3f} ms of the fastest ({spread})"
+    how = ("timed interleaved in one process with the dense model, paired ratios" if bands["latency_source"] ==
+           "interleaved" else "each model timed in its own process")
+    return f"{device}: latency ({how}) ties within {bands['latency_ms']:.3f} ms of the fastest ({spread})"
+
+
+def versus_dense(row: dict, device: str, bands: dict, dense: dict | None) -> dict | None:
+    """How much faster than the dense model ``row`` runs on ``device`` (None when it cannot be said:
+    not benched, dense not benched, emulated timings).
+
+    ``speedup``: dense p50 / this p50; ``low``/``high``: from the quartiles of the paired
+    ratios (interleaved timing only); ``faster``: by more than the latency band. fp32 models
+    that differ from dense only in zeros run its kernels: 1.0 and not faster, by construction.
+    """
+    m = row["devices"][device]
+    if not m["benched"] or dense is None or bands["emulated"]:
+        return None
+    if _same_kernels(row) and m["cpu_only"]:
+        return {"speedup": 1.0, "low": 1.0, "high": 1.0, "faster": False, "source": "same kernels as dense"}
+    value = _measured(row, "p50_ms", device, bands)
+    block = m["interleaved"] if m["latency_source"] == "interleaved" else None
+    ratio = block["ratio_to_reference"] if block and block["reference"] == DENSE else None
+    return {"speedup": dense["p50_ms"] / value, "low": 1 / ratio["q3"] if ratio else None,
+            "high": 1 / ratio["q1"] if ratio else None, "faster": dense["p50_ms"] - value > bands["latency_ms"],
+            "band_ms": None if math.isinf(bands["latency_ms"]) else bands["latency_ms"],
+            "source": m["latency_source"]}
+
+
+def speed_versus_dense(cid: str, device: str, vs: dict | None) -> str:
+    if vs is None:
+        return f"{cid}: its speed on {device} relative to dense cannot be said (not measured, or emulated)"
+    if vs["source"] == "same kernels as dense":
+        return f"{cid} runs dense's kernels on {device}: not faster than the dense model"
+    quartiles = f", paired quartiles {vs['low']:.2f}-{vs['high']:.2f}x" if vs["low"] is not None else ""
+    verdict = ("faster than dense beyond the noise band" if vs["faster"] else
+               "not faster than dense beyond the noise band")
+    band = f" of {vs['band_ms']:.3f} ms" if vs["band_ms"] is not None else ""
+    return f"{cid} runs {vs['speedup']:.2f}x the speed of dense on {device} ({vs['source']}{quartiles}): {verdict}{band}"
 
 
 def _no_choice_message(rows: list[dict], max_drop: float) -> str:
@@ -295,21 +366,30 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
     dense_eval = records["dense"]["eval"]
     dense = {split: accuracy_of(dense_eval, split)[0] for split in (REPORT_SPLIT, SELECTION_SPLIT)}
     dense_accuracy = dense[REPORT_SPLIT]
-    rows = [candidate_row(cid, rec, dense, max_drop, devices, root, (export_notes or {}).get(cid))
+    tune = {DENSE: dense[SELECTION_SPLIT],
+            **{cid: accuracy_of(rec["eval"], SELECTION_SPLIT)[0] for cid, rec in records["models"].items()}}
+    rows = [candidate_row(cid, rec, dense, max_drop, devices, root, (export_notes or {}).get(cid),
+                          tune.get(rec["strategy"].get("parent")) if rec["strategy"]["kind"] == "int8" else None)
             for cid, rec in records["models"].items()]
     for device in devices:
         emulated = {m["emulated"] for r in rows if (m := r["devices"][device])["benched"]}
         if len(emulated) > 1:
             raise RunDirError(f"bench records for {device} in {root} mix emulated and real timings; "
                               f"re-run `mixprune bench {root} --device {device}`")
+    dense_metrics = {d: _device_metrics(records["dense"]["bench"].get(d)) for d in devices}
     device_info, fronts = [], {}
     for device in devices:
+        use_paired_latency(device, rows, dense_metrics[device])
         bands = device_bands(device, rows)
+        for r in rows:
+            r["devices"][device]["vs_dense"] = versus_dense(r, device, bands, dense_metrics[device])
         on_device = [r for r in rows if r["devices"][device]["eligible"]]
         fronts[device] = pareto_front(on_device, device, bands)
         device_info.append({"name": device, "emulated": bands["emulated"], "same_speed": bands["same_speed"],
                             "latency_band_ms": None if math.isinf(bands["latency_ms"]) else bands["latency_ms"],
                             "memory_band_mb": None if math.isinf(bands["memory_mb"]) else bands["memory_mb"],
+                            "latency_source": bands["latency_source"],
+                            "fp32_shared_p50_ms": (bands["shared"] or {}).get("p50_ms"),
                             "speed_note": speed_note(device, rows, bands), "_bands": bands})
     real = [d for d in device_info if not d["emulated"]]
     choice_device = (real or device_info)[0]
@@ -324,6 +404,10 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
         r["pareto"] = [d for d in devices if r["cid"] in fronts[d]]
     rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, -r["tune_accuracy"], r["cid"]))
     chosen = ordered[0] if ordered else None
+    if chosen:
+        for d in device_info:
+            d["chosen_vs_dense"] = speed_versus_dense(chosen["cid"], d["name"], chosen["devices"][d["name"]]["vs_dense"])
+            d["speed_note"] += f"; {d['chosen_vs_dense']}"
     return {
         "format": FORMAT_VERSION,
         "model": records["run"].get("model", {}).get("name"),
@@ -331,7 +415,7 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
         "tune_samples": dense_eval.get("tune_samples"), "samples": dense_eval.get("samples"),
         "dense": {"accuracy": dense_accuracy, "tune_accuracy": dense[SELECTION_SPLIT],
                   "bytes": (records["dense"]["export"] or {}).get("bytes"),
-                  "devices": {d: _device_metrics(records["dense"]["bench"].get(d)) for d in devices}},
+                  "devices": dense_metrics},
         "devices": device_info, "choice_device": choice_device["name"],
         "chosen": chosen["cid"] if chosen else None,
         "chosen_why": _why(chosen, len(ordered), tied, objective, choice_device, dense_eval) if chosen else
@@ -339,6 +423,7 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
         "speed_note": " | ".join(d["speed_note"] for d in device_info),
         "pareto": fronts[choice_device["name"]],
         "eligible_count": len(eligible),
+        "variant_failures": records["run"].get("stages", {}).get("export", {}).get("variant_failures", {}),
         "candidates": rows,
     }
 

@@ -33,23 +33,32 @@ def _plt():
     return plt
 
 
-def _label(row: dict) -> str:
-    return f"Mix-and-Match {row['signal']}" if row["kind"] == "mixmatch" else f"global {row['signal'].upper()} baseline"
+# INT8 variants, one series per activation type, whatever their parent
+INT8_STYLE = {"uint8": ("D", "#17becf"), "int8": ("P", "#bcbd22")}
+
+
+def _series(row: dict) -> tuple[str, str, str]:
+    """(label, marker, color) of a candidate's series on the plots."""
+    if row["kind"] == "int8":
+        marker, color = INT8_STYLE.get(row["activation"], ("*", "black"))
+        return f"INT8, {row['activation']} activations", marker, color
+    label = (f"Mix-and-Match {row['signal']}" if row["kind"] == "mixmatch"
+             else f"global {row['signal'].upper()} baseline")
+    return label, MARKERS.get(row["signal"], "o"), COLORS.get(row["signal"])
 
 
 def _scatter_groups(ax, rows, x, y):
-    """One series per signal / baseline method; ineligible candidates hollow and faded."""
+    """One series per signal / baseline method / INT8 format; ineligible candidates faded."""
     groups = {}
     for r in rows:
         if x(r) is not None and y(r) is not None:
-            groups.setdefault((r["kind"], r["signal"]), []).append(r)
-    for (kind, signal), members in sorted(groups.items()):
+            groups.setdefault(_series(r), []).append(r)
+    for (label, marker, color), members in sorted(groups.items()):
         for eligible in (True, False):
             part = [r for r in members if r["eligible"] == eligible]
             if part:
-                ax.scatter([x(r) for r in part], [y(r) for r in part], marker=MARKERS.get(signal, "o"),
-                           color=COLORS.get(signal), alpha=0.9 if eligible else 0.3,
-                           label=_label(part[0]) + ("" if eligible else " (excluded)"))
+                ax.scatter([x(r) for r in part], [y(r) for r in part], marker=marker, color=color,
+                           alpha=0.9 if eligible else 0.3, label=label + ("" if eligible else " (excluded)"))
 
 
 def _finish(ax, ranking, rows, x, y, xlabel, title):
@@ -71,7 +80,7 @@ def _finish(ax, ranking, rows, x, y, xlabel, title):
 
 
 def plot_sparsity(ax, ranking):
-    rows = ranking["candidates"]
+    rows = [r for r in ranking["candidates"] if r["kernels"] == "fp32"]
     _scatter_groups(ax, rows, lambda r: r["global_sparsity"] * 100, lambda r: r["accuracy"] * 100)
     _finish(ax, ranking, rows, lambda r: r["global_sparsity"] * 100, lambda r: r["accuracy"] * 100,
             "global sparsity (%)", "Accuracy vs sparsity: Mix-and-Match and matched global baselines\n"
@@ -95,7 +104,7 @@ def plot_device(ax, ranking, device, metric):
     info = next(d for d in ranking["devices"] if d["name"] == device)
     caveat = " (EMULATED)" if info["emulated"] else (
         "\n(same kernels for every candidate: the spread is noise)" if info["same_speed"] and metric == "latency" else "")
-    _finish(ax, ranking, rows, x, y, xlabel, f"Accuracy vs {what} on {device}{caveat}")
+    _finish(ax, ranking, rows, x, y, xlabel, f"Accuracy vs {what} on {device}, fp32 and INT8{caveat}")
 
 
 def plot_layers(ax, ranking, strategies: dict):
@@ -183,7 +192,7 @@ def _mb(n) -> str:
 
 def _candidate_table(ranking: dict) -> str:
     devices = [d["name"] for d in ranking["devices"]]
-    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>kind</th><th>sparsity %</th>"
+    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>kind</th><th class=l>kernels</th><th>sparsity %</th>"
             "<th>held-out accuracy %</th><th>held-out drop pt</th><th>tune accuracy %</th><th>tune drop pt</th>"
             "<th>compact MB</th><th>model.onnx MB</th>"
             + "".join(f"<th>{_e(d)} p50 ms</th><th>{_e(d)} RSS MB</th>" for d in devices)
@@ -191,7 +200,7 @@ def _candidate_table(ranking: dict) -> str:
     body = []
     for r in ranking["candidates"]:
         cls = "chosen" if r["cid"] == ranking["chosen"] else ("" if r["eligible"] else "no")
-        cells = [r["rank"] or "", f'<td class=l>{_e(r["cid"])}</td>', _e(r["kind"]),
+        cells = [r["rank"] or "", f'<td class=l>{_e(r["cid"])}</td>', _e(r["kind"]), _e(r["kernels"]),
                  f"{r['global_sparsity'] * 100:.1f}", f"{r['accuracy'] * 100:.2f}", f"{r['drop_points']:.2f}",
                  f"{r['tune_accuracy'] * 100:.2f}", f"{r['tune_drop_points']:.2f}",
                  _mb((r["bytes"] or {}).get("compact")), _mb((r["bytes"] or {}).get("model_onnx"))]
@@ -250,12 +259,18 @@ def render_html(ranking: dict, run: dict, root: Path, pngs: dict[str, bytes]) ->
                f"({ranking['tune_samples']} images); dense {ranking['dense']['tune_accuracy'] * 100:.2f}%</td></tr>"
                f"<tr><td>global sparsity</td><td>{chosen['global_sparsity'] * 100:.1f}% ({_e(chosen['signal'])} / "
                f"{_e(chosen['strategy'])})</td></tr>"
+               + (f"<tr><td>kernels</td><td>INT8 (QDQ, {_e(chosen['activation'])} activations) of "
+                  f"<code>{_e(chosen['parent'])}</code></td></tr>" if chosen["kind"] == "int8" else "")
+               + 
                f"<tr><td>size</td><td>model.onnx {_mb(chosen['bytes']['model_onnx'])} MB ({_e(chosen['storage'])} storage), "
                f"compact {_mb(chosen['bytes']['compact'])} MB, dense ONNX {_mb(chosen['bytes']['onnx'])} MB</td></tr>"
                f"{dev_rows}</table><p>Ship it: <code>mixprune release {_e(root)}</code></p></div>")
     else:
         box = f"<div class=box><h2 style='border:none;margin-top:0'>No candidate chosen</h2><p>{_e(ranking['chosen_why'])}</p></div>"
     notes = "".join(f"<div class=note>{_e(d['speed_note'])}</div>" for d in ranking["devices"])
+    versus = "".join(f"<li>{_e(d['chosen_vs_dense'])}</li>" for d in ranking["devices"] if d.get("chosen_vs_dense"))
+    if versus:
+        notes = f"<p>The chosen candidate against the dense model:</p><ul>{versus}</ul>{notes}"
     device_figs = "".join(
         f"<h3>{_e(d['name'])}{' (emulated)' if d['emulated'] else ''}</h3>"
         f"<div class=pair>{_img(pngs['latency-' + d['name']], 'accuracy vs latency')}"

@@ -1,8 +1,10 @@
 """The runner base class and the registry (register / get / list), timm style.
 
-A runner takes a model file and the agent's configuration, runs ``devices/agent.py`` in a
-fresh process somewhere (here, over SSH, under qemu) and returns the agent's record. Each
-runner declares the fields of a profile's ``[runner]`` section it understands.
+A runner takes model files and the agent's configuration, runs ``devices/agent.py`` in a
+fresh process somewhere (here, over SSH, under qemu) and returns the agent's record: one
+model measured alone (``run``), or several interleaved in one process (``interleave``).
+Each runner declares the fields of a profile's ``[runner]`` section it understands; its
+``run_timeout_s`` is per model.
 """
 
 from __future__ import annotations
@@ -48,20 +50,32 @@ class Runner:
         return self.kind
 
     def run(self, model: Path, config: dict) -> dict:
-        """Run the agent on ``model``; return its record plus ``runner`` and ``runner_wall_ms``."""
+        """Measure ``model`` alone; return the agent's record plus ``runner`` and ``runner_wall_ms``."""
+        return self._agent([model], config)
+
+    def interleave(self, models: list[Path], config: dict) -> dict:
+        """Measure ``models`` in one agent process, their runs interleaved (agent.interleave)."""
+        return self._agent(models, config)
+
+    def _agent(self, models: list[Path], config: dict) -> dict:
         start = time.perf_counter_ns()
-        stdout, stderr, returncode = self._execute(Path(model).resolve(), json.dumps(config))
+        stdout, stderr, returncode = self._execute([Path(m).resolve() for m in models], json.dumps(config))
         wall_ms = (time.perf_counter_ns() - start) / 1e6
         record = self._parse(stdout, stderr, returncode)
         record.update(runner=self.describe(), runner_wall_ms=wall_ms)
         return record
 
-    def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
-        """Run the agent; return its stdout, stderr and exit code."""
+    def _execute(self, models: list[Path], config_json: str) -> tuple[str, str, int]:
+        """Run the agent on ``models``; return its stdout, stderr and exit code."""
         raise NotImplementedError
 
-    def _timed_out(self) -> str:
-        return f"the agent did not finish within run_timeout_s={self.options['run_timeout_s']:g} s on {self.describe()}"
+    def timeout_s(self, models: list[Path]) -> float:
+        return self.options["run_timeout_s"] * len(models)
+
+    def _timed_out(self, models: list[Path]) -> str:
+        per_model = self.options["run_timeout_s"]
+        return (f"the agent did not finish within run_timeout_s={per_model:g} s per model "
+                f"({len(models)} model{'s' if len(models) > 1 else ''}) on {self.describe()}")
 
     def _parse(self, stdout: str, stderr: str, returncode: int) -> dict:
         lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]

@@ -44,7 +44,7 @@ class EmulatedRunner(LocalRunner):
     def rootfs(self) -> Path:
         return Path(os.path.expanduser(self.options["rootfs"] or default_rootfs()))
 
-    def command(self, model: Path, config_json: str) -> list[str]:
+    def command(self, models: list[Path], config_json: str) -> list[str]:
         qemu = shutil.which(self.options["qemu"])
         if qemu is None:
             raise DeviceError(f"{self.options['qemu']} not found; install it with `apt-get install qemu-user-static`")
@@ -55,4 +55,4 @@ class EmulatedRunner(LocalRunner):
                               f"build it with `bash {SETUP_SCRIPT} {rootfs}`")
         # -L: the guest's absolute paths resolve inside the rootfs first, then on the host,
         # so the agent and the model are read from where they are.
-        return [qemu, "-L", str(rootfs), str(python), str(AGENT), str(model), "--json-config", config_json]
+        return [qemu, "-L", str(rootfs), str(python), str(AGENT), *map(str, models), "--json-config", config_json]

@@ -1,7 +1,7 @@
 """Run the agent on a remote device over SSH (the system ``ssh`` client, key authentication).
 
-One connection per model: the agent and the model travel as a tar stream on stdin into a
-fresh ``mktemp -d`` folder on the device, the device's python runs the agent there, its
+One connection per measurement: the agent and the model(s) travel as a tar stream on stdin
+into a fresh ``mktemp -d`` folder on the device, the device's python runs the agent there, its
 JSON line comes back on stdout, and a shell trap removes the folder however the run ends.
 Host keys are checked against known_hosts (``StrictHostKeyChecking=yes``) unless the
 profile says otherwise; ``BatchMode`` means a missing key fails instead of prompting.
@@ -24,7 +24,11 @@ from .base import AGENT, Runner, register_runner
 _SSH_FAILED = 255  # ssh's own exit code for connection / authentication failures
 _TIMED_OUT = 124  # coreutils / busybox `timeout` on the device
 _GRACE_S = 30  # copying the model, and `timeout -k 5` killing a stuck agent
-_REMOTE_MODEL = "under-test.onnx"  # its name in the device's temporary folder
+
+
+def _remote_name(index: int) -> str:
+    """A model's name in the device's temporary folder."""
+    return f"under-test-{index}.onnx"
 
 
 def _tar_stream(files: dict[str, Path]) -> bytes:
@@ -69,34 +73,35 @@ class SshRunner(Runner):
             cmd += ["-i", os.path.expanduser(o["key"]), "-o", "IdentitiesOnly=yes"]
         return cmd + [self.destination()]
 
-    def remote_script(self, config_json: str) -> str:
+    def remote_script(self, count: int, config_json: str, limit_s: float) -> str:
         # `timeout` ends the agent on the device too when the run takes too long: killing
         # the local ssh client alone would leave it running there.
         python = shlex.quote(self.options["python"])
-        limit = f"{self.options['run_timeout_s']:g}"
+        models = " ".join(f'"$d/{_remote_name(i)}"' for i in range(count))
         return (
             'd=$(mktemp -d) || exit 1; trap \'rm -rf "$d"\' EXIT; trap \'exit 129\' HUP INT TERM; '
-            f'tar -xf - -C "$d" && timeout -k 5 {limit} {python} "$d/agent.py" "$d/{_REMOTE_MODEL}" '
+            f'tar -xf - -C "$d" && timeout -k 5 {limit_s:g} {python} "$d/agent.py" {models} '
             f'--json-config {shlex.quote(config_json)}'
         )
 
-    def _execute(self, model: Path, config_json: str) -> tuple[str, str, int]:
-        payload = _tar_stream({"agent.py": AGENT, _REMOTE_MODEL: model})
-        cmd = self.ssh_command() + ["sh -c " + shlex.quote(self.remote_script(config_json))]
+    def _execute(self, models: list[Path], config_json: str) -> tuple[str, str, int]:
+        payload = _tar_stream({"agent.py": AGENT, **{_remote_name(i): m for i, m in enumerate(models)}})
+        limit = self.timeout_s(models)
+        cmd = self.ssh_command() + ["sh -c " + shlex.quote(self.remote_script(len(models), config_json, limit))]
         # The device's own `timeout` normally ends a long run (and the trap cleans up); the
         # local limit only catches a device that stops answering altogether.
-        timeout = self.options["run_timeout_s"] + self.options["connect_timeout_s"] + _GRACE_S
+        timeout = limit + self.options["connect_timeout_s"] + _GRACE_S
         try:
             proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout)
         except FileNotFoundError as exc:
             raise DeviceError("the ssh client is not installed (apt-get install openssh-client)") from exc
         except subprocess.TimeoutExpired as exc:
-            raise DeviceError(self._timed_out()) from exc
+            raise DeviceError(self._timed_out(models)) from exc
         stdout, stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         if proc.returncode == _SSH_FAILED:
             raise DeviceError(self._connection_error(stderr))
         if proc.returncode == _TIMED_OUT:
-            raise DeviceError(self._timed_out())
+            raise DeviceError(self._timed_out(models))
         return stdout, stderr, proc.returncode
 
     def _connection_error(self, stderr: str) -> str:

@@ -94,7 +94,7 @@ def test_onnxruntime_refusal_is_reported_with_its_message(tmp_path):
 
 
 def test_bad_config_is_an_error(conv):
-    for config, message in (({"runz": 3}, "keys among"), ({"runs": 0}, "runs must be >= 1"),
+    for config, message in (({"runz": 3}, "keys among"), ({"runs": 0}, "runs and rounds must be >= 1"), ({"rounds": 0}, "got runs=100 rounds=0"),
                             ({"graph_optimization_level": "max"}, "graph_optimization_level"),
                             ({"execution_providers": ["NoSuchExecutionProvider"]}, "not available here")):
         code, r = run_agent(conv, **config)

@@ -43,3 +43,37 @@ def test_missing_rootfs_is_one_clear_line(tmp_path, conv, cli):
     result = cli("bench", conv, "--device", profile)
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert f"build it with `bash {SETUP_SCRIPT} {missing}`" in result.stderr and SETUP_SCRIPT.is_file()
+
+
+@pytest.mark.slow
+def test_every_int8_variant_runs_on_emulated_arm64_and_never_decides(tmp_path, cli):
+    """dense, a 90% candidate and both INT8 variants of each, benched under qemu and on the host."""
+    from mixprune.exporter import stage
+    from mixprune.runs import RunDir
+
+    from tests.exporter.conftest import SPECS, make_run
+
+    rootfs = Path(default_rootfs())
+    need(shutil.which("qemu-aarch64-static") is not None, "qemu-aarch64-static")
+    need((rootfs / "usr/bin/python3").is_file(), f"the arm64 rootfs at {rootfs} (devices/emulation/setup_rootfs.sh)")
+    run = make_run(tmp_path / "run", SPECS["resnet"], {"p90": 0.9})
+    stage.export_run(run, [], stage.ExportOptions(parity_samples=32, quantize="auto"))
+    folders = RunDir(run)
+    folders.set_stage("prune", "done")
+    for model in (folders.dense, folders.candidate("p90")):  # the accuracies ranking reads, as prune writes them
+        model.write_eval({"accuracy": 0.1, "tune_accuracy": 0.1, "accuracy_finetuned": None,
+                          "tune_accuracy_finetuned": None})
+    result = cli("bench", run, "--device", "arm64-qemu", "--runs", 4, "--warmup", 1, "--json")
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert sorted(records) == ["dense", "dense+int8", "dense+int8u", "p90", "p90+int8", "p90+int8u"]
+    for cid, r in records.items():
+        assert r["emulated"] is True and r["machine"] == "aarch64", cid
+        assert r["interleaved"]["reference"] == "dense" and r["interleaved"]["ratio_to_reference"]["median"] > 0
+    assert cli("bench", run, "--device", "host", "--runs", 20).exit_code == 0
+    ranked = cli("rank", run, "--device", "arm64-qemu", "--device", "host", "--max-drop", 100)
+    assert ranked.exit_code == 0, ranked.output
+    ranking = json.loads((run / "ranking.json").read_text())
+    emulated = next(d for d in ranking["devices"] if d["name"] == "arm64-qemu")
+    assert ranking["choice_device"] == "host" and emulated["emulated"] and emulated["latency_band_ms"] is None
+    assert all(r["devices"]["arm64-qemu"]["vs_dense"] is None for r in ranking["candidates"])  # no speed claims

@@ -26,7 +26,10 @@ def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run
     cids = sorted(p.name for p in (quick_run / "candidates").iterdir())
     assert sorted(r["cid"] for r in ranking["candidates"]) == cids
     kinds = {r["kind"] for r in ranking["candidates"]}
-    assert kinds == {"mixmatch", "baseline"}  # the matched global baselines rank too
+    assert kinds == {"mixmatch", "baseline", "int8"}  # the matched global baselines rank too, and INT8 variants
+    exported = {p.parent.name for p in (quick_run / "candidates").glob("*/export.json") if "+" not in p.parent.name}
+    variants = {r["cid"] for r in ranking["candidates"] if r["kind"] == "int8"}
+    assert variants == {f"{m}{s}" for m in exported | {"dense"} for s in ("+int8", "+int8u")}  # run quantizes: auto
     for row in ranking["candidates"]:
         folder = quick_run / "candidates" / row["cid"]
         record = load(folder / "eval.json")
@@ -38,25 +41,43 @@ def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run
         assert any("not exported" in r for r in row["reasons"]) == (not exported)
         if exported:
             bench = load(folder / "bench" / "host.json")
-            assert row["devices"]["host"]["p50_ms"] == bench["latency_ms"]["p50"]
+            host = row["devices"]["host"]
+            # the latency that ranks: interleaved with dense in one process, on dense's scale
+            assert host["latency_source"] == "interleaved" and host["p50_ms"] == bench["interleaved"]["p50_ms"]
+            assert host["p50_isolated_ms"] == bench["latency_ms"]["p50"]
+            assert bench["interleaved"]["reference"] == "dense" and "dense" in bench["interleaved"]["group"]
             assert row["bytes"] == load(folder / "export.json")["bytes"]
         assert row["eligible"] == (not row["reasons"]) == (row["reason"] is None)
     # `run --quick` exported the export_top most accurate candidates within the drop
-    passing = sorted((r for r in ranking["candidates"] if not any("accuracy" in x for x in r["reasons"])),
-                     key=lambda r: (-r["tune_accuracy"], r["cid"]))
-    assert [r["cid"] for r in ranking["candidates"] if r["eligible"]] == [r["cid"] for r in passing[: QUICK_DEFAULTS["export_top"]]]
+    passing = sorted((r for r in ranking["candidates"] if not any("accuracy" in x for x in r["reasons"])
+                      and r["kind"] != "int8"), key=lambda r: (-r["tune_accuracy"], r["cid"]))
+    fp32_eligible = [r["cid"] for r in ranking["candidates"] if r["eligible"] and r["kind"] != "int8"]
+    assert sorted(fp32_eligible) == sorted(r["cid"] for r in passing[: QUICK_DEFAULTS["export_top"]])
 
 
-def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_so(quick_run):
+def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_so(quick_run, run_copy):
     ranking = load(quick_run / "ranking.json")
     eligible = [r for r in ranking["candidates"] if r["eligible"]]
-    best = min(eligible, key=lambda r: (-r["tune_accuracy"], r["bytes"]["compact"], r["cid"]))
+    host = ranking["devices"][0]
+    assert host["name"] == "host" and not host["same_speed"] and host["latency_source"] == "interleaved"
+
+    def latency(r):  # fp32 models run the same kernels: they share one figure
+        return host["fp32_shared_p50_ms"] if r["kernels"] == "fp32" else r["devices"]["host"]["p50_ms"]
+
+    fastest = min(latency(r) for r in eligible)
+    tied = [r for r in eligible if latency(r) - fastest <= host["latency_band_ms"]]
+    best = min(tied, key=lambda r: (-r["tune_accuracy"], r["bytes"]["compact"], r["cid"]))
     assert ranking["chosen"] == best["cid"]
     assert [r["rank"] for r in ranking["candidates"][: len(eligible)]] == list(range(1, len(eligible) + 1))
-    host = ranking["devices"][0]
-    assert host["name"] == "host" and host["same_speed"] and not host["emulated"]
-    assert "not in speed" in ranking["speed_note"] and "file size" in ranking["speed_note"]
+    assert host["chosen_vs_dense"] in ranking["speed_note"] and "interleaved" in ranking["speed_note"]
     assert ranking["chosen"] in ranking["pareto"]
+    # without the INT8 variants, every candidate runs dense's kernels: speed ties by construction
+    for variant in run_copy.glob("candidates/*+*"):
+        shutil.rmtree(variant)
+    assert cli("rank", run_copy).exit_code == 0
+    fp32_only = load(run_copy / "ranking.json")
+    assert fp32_only["devices"][0]["same_speed"] and "not in speed" in fp32_only["speed_note"]
+    assert "file size" in fp32_only["speed_note"] and "not faster than the dense model" in fp32_only["speed_note"]
 
 
 def test_rank_is_stable_and_objective_size_picks_the_smallest(run_copy):
@@ -128,7 +149,8 @@ def test_unknown_device_and_mixed_emulation_are_refused(run_copy):
 def test_report_is_self_contained_and_names_the_choice(quick_run):
     html = (quick_run / "report.html").read_text()
     ranking = load(quick_run / "ranking.json")
-    assert ranking["chosen"] in html and "not in speed" in html
+    assert ranking["chosen"] in html and ranking["devices"][0]["chosen_vs_dense"] in html
+    assert "<td>int8</td>" in html and "<td>fp32</td>" in html  # each row says which kernels it runs
     assert html.count("data:image/png;base64,") >= 4  # sparsity, latency, size, per-layer
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert all(r["cid"] in html for r in ranking["candidates"])
@@ -243,3 +265,55 @@ def test_int8_variants_are_compared_on_measured_speed_with_fp32_ones_sharing_the
     # their own (noisy) p50 does not: "b" wins on accuracy although its record, 11.0 ms, is beyond the band
     records["models"]["a+int8u"]["bench"]["dev"]["latency_ms"].update(p50=10.3, p90=10.4)
     assert rk.rank(records, max_drop=1.0)["chosen"] == "b"
+
+
+def _interleaved(records, ratios: dict, bench_id="b1", dense_p50=10.0):
+    """Give every model (and dense) an interleaved block: {cid: (median, q1, q3) of its ratio to dense}."""
+    def block(ratio):
+        median, q1, q3 = ratio
+        return {"bench_id": bench_id, "reference": "dense", "group": ["dense"], "rounds": 20, "runs_per_round": 5,
+                "p50_ms": dense_p50 * median, "ratio_to_reference": {"median": median, "q1": q1, "q3": q3}}
+
+    records["dense"]["bench"]["dev"] = {**records["models"]["a"]["bench"]["dev"], "interleaved": block((1, 1, 1))}
+    for cid, ratio in ratios.items():
+        records["models"][cid]["bench"]["dev"]["interleaved"] = block(ratio)
+    return records
+
+
+def test_interleaved_latency_decides_with_the_band_of_the_paired_ratios(tmp_path):
+    """The isolated p50s (drifted: the INT8 one looks slowest) are not what ranks; the paired ratios are."""
+    records = _records(tmp_path, {"a": (0.897, 4.0, 4.1, 100), "b": (0.899, 6.0, 6.1, 100),
+                                  "a+int8u": (0.895, 12.0, 12.1, 30)}, mode="unstructured")
+    records["models"]["a+int8u"]["strategy"].update(kind="int8", parent="a")
+    _interleaved(records, {"a": (1.0, 0.99, 1.01), "b": (1.01, 1.0, 1.02), "a+int8u": (0.4, 0.38, 0.42)})
+    ranking = rk.rank(records, max_drop=1.0)
+    host = ranking["devices"][0]
+    assert ranking["chosen"] == "a+int8u" and host["latency_source"] == "interleaved"
+    assert host["latency_band_ms"] == pytest.approx(0.1 * 4.0)  # widest IQR: 0.04 / 0.4 = 10% of 4.0 ms
+    vs = next(r for r in ranking["candidates"] if r["cid"] == "a+int8u")["devices"]["dev"]["vs_dense"]
+    assert vs["faster"] and vs["speedup"] == pytest.approx(2.5)
+    assert (vs["low"], vs["high"]) == (pytest.approx(1 / 0.42), pytest.approx(1 / 0.38))
+    assert "2.50x the speed of dense" in host["speed_note"] and "beyond the noise band" in host["speed_note"]
+    fp32 = next(r for r in ranking["candidates"] if r["cid"] == "b")["devices"]["dev"]["vs_dense"]
+    assert fp32 == {"speedup": 1.0, "low": 1.0, "high": 1.0, "faster": False, "source": "same kernels as dense"}
+    # a noisy pairing widens the band: 0.8x of dense with quartiles 0.68-0.92 ties with the fp32 models
+    _interleaved(records, {"a+int8u": (0.8, 0.68, 0.92)})
+    ranking = rk.rank(records, max_drop=1.0)
+    assert ranking["chosen"] == "b" and ranking["devices"][0]["latency_band_ms"] == pytest.approx(0.3 * 8.0)
+    # records of two different benches are not paired: each model's own p50 then
+    records["models"]["b"]["bench"]["dev"]["interleaved"]["bench_id"] = "other"
+    ranking = rk.rank(records, max_drop=1.0)
+    assert ranking["devices"][0]["latency_source"] == "isolated" and ranking["chosen"] == "b"
+
+
+def test_collapsed_int8_variant_is_excluded_with_its_reason_and_failures_are_listed(tmp_path):
+    records = _records(tmp_path, {"a": (0.897, 10.0, 10.1, 100), "a+int8": (0.60, 4.0, 4.1, 30)}, mode="unstructured")
+    records["models"]["a+int8"]["strategy"].update(kind="int8", parent="a")
+    records["models"]["a+int8"]["eval"]["agreement_with_parent"] = 0.62
+    records["run"]["stages"] = {"export": {"variant_failures": {"a+int8u": "onnxruntime cannot quantize a (NoSuchOp)"}}}
+    ranking = rk.rank(records, max_drop=1.0)
+    row = next(r for r in ranking["candidates"] if r["cid"] == "a+int8")
+    assert not row["eligible"] and ranking["chosen"] == "a"
+    assert row["reasons"][0] == ("INT8 accuracy collapsed: 29.70 points below its parent a on the tune split, "
+                                 "top-1 agreement with it 62.0% on held-out")
+    assert ranking["variant_failures"] == {"a+int8u": "onnxruntime cannot quantize a (NoSuchOp)"}

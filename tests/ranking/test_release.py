@@ -148,7 +148,7 @@ def test_release_refuses_bad_input_without_writing(quick_run, bundle, tmp_path):
     assert result.exit_code == 2 and "--force" in result.output
     assert bundle.read_bytes() == before
     cid = load(quick_run / "ranking.json")["chosen"]
-    result = cli("release", quick_run, "--candidate", cid[:-1], "--out", tmp_path / "x.tar.gz")
+    result = cli("release", quick_run, "--candidate", cid + "-typo", "--out", tmp_path / "x.tar.gz")
     assert result.exit_code == 2 and "did you mean" in result.output and cid in result.output
     not_exported = next(r["cid"] for r in load(quick_run / "ranking.json")["candidates"]
                         if not (quick_run / "candidates" / r["cid"] / "export.json").exists())

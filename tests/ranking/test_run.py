@@ -24,10 +24,13 @@ def test_run_wrote_every_stage_and_printed_where(quick_run):
     bundle = stages["run"]["bundle"]
     assert bundle.endswith(f"-{ranking['chosen']}.tar.gz") and os.path.isfile(bundle)
     assert cli("verify", bundle).exit_code == 0
-    # `run` exported only the dense model and the export_top best candidates within --max-drop
+    # `run` exported only the dense model and the export_top best candidates within --max-drop,
+    # and quantized each of them (--quantize auto: two INT8 variants each)
     exported = sorted(p.parent.name for p in quick_run.glob("*/*/export.json")) + \
         (["dense"] if (quick_run / "dense" / "export.json").exists() else [])
-    assert len(exported) == 1 + QUICK_DEFAULTS["export_top"]
+    fp32 = [m for m in exported if "+" not in m]
+    assert len(fp32) == 1 + QUICK_DEFAULTS["export_top"]
+    assert sorted(exported) == sorted(fp32 + [m + s for m in fp32 for s in ("+int8", "+int8u")])
 
 
 def test_the_run_directory_stays_lean(quick_run):
@@ -36,6 +39,12 @@ def test_the_run_directory_stays_lean(quick_run):
     assert not (quick_run / "calibration").exists()
     for folder in (quick_run / "candidates").iterdir():
         assert not (folder / "weights.safetensors").exists(), folder.name
+        if "+" in folder.name:  # an INT8 variant: its ONNX file and records, no torch weights
+            parent = folder.parent / folder.name.split("+")[0] if not folder.name.startswith("dense+") \
+                else quick_run / "dense"
+            assert not list(folder.glob("*.safetensors")), folder.name
+            assert (folder / "model.onnx").stat().st_size < (parent / "model.onnx").stat().st_size / 2
+            continue
         finetuned = load(folder / "eval.json")["accuracy_finetuned"] is not None
         assert (folder / "values.safetensors").exists() == finetuned, folder.name
         stored = sum((folder / f"{part}.safetensors").stat().st_size for part in ("masks", "state"))
