@@ -117,11 +117,14 @@ def _interleaved(todo: dict[str, ModelDir], profile: Profile, config: dict, benc
     """{model id: ``interleaved`` block}: every model timed in one process with the dense model."""
     reference = DENSE if DENSE in todo else next(iter(todo))
     batches = paired.groups(reference, [cid for cid in todo if cid != reference], profile.interleave_models)
-    counter = Counter(progress, f"Timing on {profile.name}, interleaved with {reference}", total=len(batches), every=1)
+    processes = profile.interleave_processes
+    counter = Counter(progress, f"Timing on {profile.name}, interleaved with {reference}",
+                      total=len(batches) * processes, every=1)
     measured = []
     for ids in batches:
         dirs = [todo[cid] for cid in ids]
-        raw = profile.runner.interleave([d.onnx_file for d in dirs], _model_config(config, *dirs))
-        measured.append((ids, raw))
-        counter.advance(f"({', '.join(ids[1:])})")
+        for _ in range(processes):
+            raw = profile.runner.interleave([d.onnx_file for d in dirs], _model_config(config, *dirs))
+            measured.append((ids, raw))
+            counter.advance(f"({', '.join(ids[1:])})")
     return paired.summarize(measured, reference, bench_id)

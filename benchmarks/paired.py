@@ -4,9 +4,12 @@ A model timed alone in its own process drifts with whatever else the machine doe
 equally fast models measured 1.3x apart that way, and 0.996x when interleaved in one
 process. So the latency that ranks models comes from here: every model shares a process
 with the reference (the dense model), and each round gives one paired ratio, its median
-over the reference's median in the same round. The median ratio, times the reference's
-p50, puts every model on one scale (groups measured at different times included); the
-quartiles of the ratios are its noise.
+over the reference's median in the same round. Each group is timed in several processes,
+because a process has a speed of its own that moves fp32 and INT8 kernels differently
+(experiments/harness/README.md: one process's INT8/fp32 ratio was up to 23% from the
+median over processes); the ratios of all of them are pooled. The median ratio, times the
+reference's p50, puts every model on one scale (groups measured at different times
+included); the quartiles of the pooled ratios are its noise.
 """
 
 from __future__ import annotations
@@ -32,25 +35,29 @@ def paired_ratios(rounds_ms: list[float], reference_rounds_ms: list[float]) -> l
 
 
 def summarize(measured: list[tuple[list[str], dict]], reference: str, bench_id: str) -> dict[str, dict]:
-    """{model id: its ``interleaved`` block} from each group's ids and agent record.
+    """{model id: its ``interleaved`` block} from the agent record of each process and the ids it timed.
 
-    The reference's p50 is the median of its p50 over the groups; each other model's
-    ``p50_ms`` is its ratio's median times that.
+    The reference's p50 is the median of its p50 over the processes; each other model's
+    ``p50_ms`` is the median of its pooled ratios times that.
     """
     reference_p50 = statistics.median(record["models"][0]["latency_ms"]["p50"] for _, record in measured)
-    blocks = {}
+    ratios: dict[str, list[float]] = {}
+    per_process: dict[str, list[float]] = {}
+    own: dict[str, list[float]] = {}
+    group: dict[str, list[str]] = {}
     for ids, record in measured:
         ref_rounds = record["models"][0]["round_p50_ms"]
-        for mid, entry in zip(ids, record["models"]):
-            ratio = quartiles(paired_ratios(entry["round_p50_ms"], ref_rounds))
-            if mid == reference:
-                if mid in blocks:
-                    continue
-                ratio = {"median": 1.0, "q1": 1.0, "q3": 1.0}
-            blocks[mid] = {
-                "bench_id": bench_id, "reference": reference, "group": ids,
-                "rounds": record["rounds"], "runs_per_round": record["runs_per_round"],
-                "p50_ms": reference_p50 * ratio["median"], "ratio_to_reference": ratio,
-                "own_p50_ms": entry["latency_ms"]["p50"], "reference_p50_ms": reference_p50,
-            }
-    return blocks
+        for mid, entry in zip(ids, record["models"], strict=True):
+            group.setdefault(mid, ids)
+            own.setdefault(mid, []).append(entry["latency_ms"]["p50"])
+            paired = [1.0] * len(ref_rounds) if mid == reference else paired_ratios(entry["round_p50_ms"], ref_rounds)
+            ratios.setdefault(mid, []).extend(paired)
+            per_process.setdefault(mid, []).append(statistics.median(paired))
+    first = measured[0][1]
+    return {mid: {
+        "bench_id": bench_id, "reference": reference, "group": group[mid], "processes": len(own[mid]),
+        "rounds": first["rounds"], "runs_per_round": first["runs_per_round"],
+        "p50_ms": reference_p50 * quartiles(pooled)["median"], "ratio_to_reference": quartiles(pooled),
+        "process_ratios": per_process[mid], "own_p50_ms": statistics.median(own[mid]),
+        "reference_p50_ms": reference_p50,
+    } for mid, pooled in ratios.items()}

@@ -50,6 +50,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                                    "are compared in one process"),
         "interleave_models": Field("int", 8, minimum=2, help="models loaded in one process at once (with the "
                                                              "reference); lower it on a device with little RAM"),
+        "interleave_processes": Field("int", 3, minimum=1, help="agent processes each group is timed in (a process "
+                                                                "has a speed of its own; their ratios are pooled)"),
         "shapes": Field(SHAPES, {}, help='sizes for dynamic input dims, e.g. {input = "1x3x224x224"}'),
     },
 }
@@ -75,6 +77,7 @@ class Profile:
     runs: int
     rounds: int
     interleave_models: int
+    interleave_processes: int
     shapes: dict
     runner: Runner
     source: str
@@ -105,7 +108,8 @@ def parse_profile(data: dict, where: str) -> Profile:
         memory_budget_mb=budget["memory_mb"], latency_budget_ms=budget["latency_ms"],
         size_budget_mb=budget["size_mb"],
         warmup=bench["warmup"], runs=bench["runs"], rounds=bench["rounds"],
-        interleave_models=bench["interleave_models"], shapes=bench["shapes"], runner=runner, source=where,
+        interleave_models=bench["interleave_models"], interleave_processes=bench["interleave_processes"],
+        shapes=bench["shapes"], runner=runner, source=where,
     )
 
 

@@ -335,6 +335,28 @@ def versus_dense(row: dict, device: str, bands: dict, dense: dict | None) -> dic
             "source": m["latency_source"]}
 
 
+def format_of(row: dict) -> str:
+    """``fp32``, or ``int8-<activation type>`` for an INT8 variant."""
+    return f"int8-{row['activation']}" if row["kernels"] == "int8" else row["kernels"]
+
+
+def format_summary(device: str, rows: list[dict], bands: dict) -> dict:
+    """Per format on ``device``: how many models, how many eligible, and the median speedup vs dense
+    and how many are faster beyond the band (which format wins on this model and device, and by how much)."""
+    summary = {}
+    for r in rows:
+        vs = r["devices"][device]["vs_dense"]
+        entry = summary.setdefault(format_of(r), {"models": 0, "eligible": 0, "speedups": [], "faster": 0})
+        entry["models"] += 1
+        entry["eligible"] += r["eligible"]
+        if vs is not None:
+            entry["speedups"].append(vs["speedup"])
+            entry["faster"] += vs["faster"]
+    return {name: {"models": e["models"], "eligible": e["eligible"], "faster_than_dense": e["faster"],
+                   "median_speedup_vs_dense": statistics.median(e["speedups"]) if e["speedups"] else None}
+            for name, e in sorted(summary.items())}
+
+
 def speed_versus_dense(cid: str, device: str, vs: dict | None) -> str:
     if vs is None:
         return f"{cid}: its speed on {device} relative to dense cannot be said (not measured, or emulated)"
@@ -394,10 +416,14 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
     real = [d for d in device_info if not d["emulated"]]
     choice_device = (real or device_info)[0]
     eligible = [r for r in rows if r["eligible"]]
-    ordered, tied = choice_order(eligible, objective, choice_device["name"], choice_device.pop("_bands"))
     for d in device_info:
-        d.pop("_bands", None)
+        bands = d.pop("_bands")
+        d["formats"] = format_summary(d["name"], rows, bands)
+        best, _ = choice_order(eligible, objective, d["name"], bands)
+        d["best"] = best[0]["cid"] if best else None  # what this device alone would ship
         d["pareto"] = fronts[d["name"]]
+        if d is choice_device:
+            ordered, tied = choice_order(eligible, objective, d["name"], bands)
     order = {r["cid"]: i for i, r in enumerate(ordered)}
     for r in rows:
         r["rank"] = order[r["cid"]] + 1 if r["cid"] in order else None
@@ -444,9 +470,10 @@ def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, d
     among = "; among them it has the highest tune accuracy, then the smallest size" if tied > 1 else ""
     drop = chosen["drop_points"]
     versus = f"drop {drop:.2f} points" if drop >= 0 else f"{-drop:.2f} points above it"
+    kernels = f"INT8 ({chosen['activation']} activations) of {chosen['parent']}, " if chosen["kernels"] == "int8" else ""
     return (f"{chosen['cid']}: {ties}{among}: held-out accuracy {chosen['accuracy']:.4f} (dense "
             f"{dense['accuracy']:.4f}, {versus}; chosen on the tune split: {chosen['tune_accuracy']:.4f} vs dense "
-            f"{dense['tune_accuracy']:.4f}), {_pct(chosen['global_sparsity'])} sparsity, "
+            f"{dense['tune_accuracy']:.4f}), {_pct(chosen['global_sparsity'])} sparsity, {kernels}"
             f"compact {chosen['bytes']['compact'] / MB:.2f} MB, p50 {m['p50_ms']:.3f} ms, "
             f"peak RSS {m['peak_rss_mb']:.1f} MB")
 

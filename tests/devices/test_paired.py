@@ -66,6 +66,21 @@ def test_paired_ratios_cancel_drift():
     assert {b["bench_id"] for b in blocks.values()} == {"id1"} and blocks["b"]["group"] == ["dense", "b"]
 
 
+def test_ratios_of_several_processes_are_pooled():
+    """Each process has a speed of its own: the second one runs the model at 0.6x of dense, not 0.4x."""
+    def process(ratio):
+        return {"rounds": 2, "runs_per_round": 1, "models": [
+            {"latency_ms": {"p50": 1.0}, "round_p50_ms": [1.0, 1.0]},
+            {"latency_ms": {"p50": ratio}, "round_p50_ms": [ratio, ratio]}]}
+
+    blocks = paired.summarize([(["dense", "a"], process(0.4)), (["dense", "a"], process(0.6)),
+                               (["dense", "a"], process(0.5))], "dense", "id")
+    a = blocks["a"]
+    assert a["processes"] == 3 and a["process_ratios"] == [0.4, 0.6, 0.5]
+    assert a["ratio_to_reference"] == pytest.approx({"median": 0.5, "q1": 0.425, "q3": 0.575})  # of all 6 rounds
+    assert a["own_p50_ms"] == 0.5 and blocks["dense"]["processes"] == 3
+
+
 def test_groups_always_hold_the_reference():
     assert paired.groups("dense", ["a", "b", "c", "d", "e"], 3) == [["dense", "a", "b"], ["dense", "c", "d"],
                                                                       ["dense", "e"]]
@@ -88,6 +103,7 @@ def test_run_dir_models_are_timed_interleaved_with_dense(tmp_path, cli):
     assert len({b["bench_id"] for b in blocks.values()} | {r["bench_id"] for r in records.values()}) == 1
     assert blocks["c01"]["group"] == ["dense", "c01"] and blocks["c02"]["group"] == ["dense", "c02"]  # 2 per process
     assert all(b["rounds"] == 4 and b["runs_per_round"] == 3 and b["reference"] == "dense" for b in blocks.values())
+    assert blocks["c01"]["processes"] == 3 and blocks["dense"]["processes"] == 6  # the default; dense in both groups
     assert blocks["c01"]["ratio_to_reference"]["median"] < 0.5  # 32x less work than dense
     on_disk = json.loads((run / "candidates" / "c02" / "bench" / "testbox.json").read_text())
     assert on_disk["interleaved"] == blocks["c02"] and on_disk["latency_ms"] == records["c02"]["latency_ms"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from html import escape
 
 import pytest
 
@@ -149,7 +150,7 @@ def test_unknown_device_and_mixed_emulation_are_refused(run_copy):
 def test_report_is_self_contained_and_names_the_choice(quick_run):
     html = (quick_run / "report.html").read_text()
     ranking = load(quick_run / "ranking.json")
-    assert ranking["chosen"] in html and ranking["devices"][0]["chosen_vs_dense"] in html
+    assert ranking["chosen"] in html and escape(ranking["devices"][0]["chosen_vs_dense"]) in html
     assert "<td>int8</td>" in html and "<td>fp32</td>" in html  # each row says which kernels it runs
     assert html.count("data:image/png;base64,") >= 4  # sparsity, latency, size, per-layer
     assert "http://" not in html and "https://" not in html and "<script" not in html
@@ -294,6 +295,12 @@ def test_interleaved_latency_decides_with_the_band_of_the_paired_ratios(tmp_path
     assert vs["faster"] and vs["speedup"] == pytest.approx(2.5)
     assert (vs["low"], vs["high"]) == (pytest.approx(1 / 0.42), pytest.approx(1 / 0.38))
     assert "2.50x the speed of dense" in host["speed_note"] and "beyond the noise band" in host["speed_note"]
+    assert host["best"] == "a+int8u" and host["formats"]["fp32"] == {
+        "models": 2, "eligible": 2, "faster_than_dense": 0, "median_speedup_vs_dense": 1.0}
+    records["models"]["a+int8u"]["strategy"]["quantization"] = {"activation_type": "uint8"}
+    formats = rk.rank(records, max_drop=1.0)["devices"][0]["formats"]
+    assert formats["int8-uint8"]["faster_than_dense"] == 1
+    assert formats["int8-uint8"]["median_speedup_vs_dense"] == pytest.approx(2.5)
     fp32 = next(r for r in ranking["candidates"] if r["cid"] == "b")["devices"]["dev"]["vs_dense"]
     assert fp32 == {"speedup": 1.0, "low": 1.0, "high": 1.0, "faster": False, "source": "same kernels as dense"}
     # a noisy pairing widens the band: 0.8x of dense with quartiles 0.68-0.92 ties with the fp32 models
