@@ -65,7 +65,7 @@ class RunConfig:
     objective: str = "latency"
     storage: str = "dense"
     quantize: str = "none"
-    export_top: int = 3  # `mixprune run`: export and bench the K best candidates within --max-drop
+    export_top: int = 2  # `mixprune run`: export, quantize and bench the K best candidates within --max-drop
     bench_runs: int | None = None  # None: the device profile's
     bench_warmup: int | None = None
     quick: bool = False

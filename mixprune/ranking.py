@@ -21,7 +21,8 @@ Choice rule (``chosen``), stable across re-runs:
 2. Values within the measured noise of the best one are ties. Latency comes from the
    interleaved timing of one bench (benchmarks.paired: every model in one process with the
    dense model, the median paired ratio times dense's p50); its band is the best p50 times
-   the widest interquartile range of any model's paired ratios, at least 2%. Records
+   the noise of the best one's ratio (the range of its per-process medians over their
+   median; one process: the interquartile range of its rounds), at least 2%. Records
    without it (models benched one at a time) fall back to each model's own p50, band
    max(p90 - p50 of the best record, 5% of its p50) (the harness study measured 2-5%
    spreads between runs of one model in separate processes on a quiet core). Memory band:
@@ -206,8 +207,14 @@ def use_paired_latency(device: str, rows: list[dict], dense: dict | None) -> boo
     return True
 
 
-def _paired_spread(m: dict) -> float:
-    ratio = m["interleaved"]["ratio_to_reference"]
+def paired_noise(m: dict) -> float:
+    """Relative noise of a model's paired ratio: the range of its per-process medians over their
+    median (a process has a speed of its own); with one process, the interquartile range of its rounds."""
+    block = m["interleaved"]
+    per_process = block.get("process_ratios") or []
+    if len(per_process) > 1:
+        return (max(per_process) - min(per_process)) / statistics.median(per_process)
+    ratio = block["ratio_to_reference"]
     return (ratio["q3"] - ratio["q1"]) / ratio["median"]
 
 
@@ -232,8 +239,7 @@ def device_bands(device: str, rows: list[dict]) -> dict:
     tied_by_construction = same_speed or emulated
     source = ms[0]["latency_source"]
     if source == "interleaved":
-        relative = max(PAIRED_NOISE_FLOOR, *(_paired_spread(m) for m in ms))
-        latency = relative * best["p50_ms"]
+        latency = max(PAIRED_NOISE_FLOOR, paired_noise(best)) * best["p50_ms"]
     else:
         latency = max(best["p90_ms"] - best["p50_ms"], LATENCY_NOISE_FLOOR * best["p50_ms"])
     return {
