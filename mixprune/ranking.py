@@ -157,8 +157,8 @@ def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float,
     if parent_tune is not None and (parent_tune - tune_accuracy) * 100 > max_drop + 1e-9:
         agreement = rec["eval"].get("agreement_with_parent")
         agrees = f", top-1 agreement with it {agreement * 100:.1f}% on held-out" if agreement is not None else ""
-        reasons.append(f"INT8 accuracy collapsed: {(parent_tune - tune_accuracy) * 100:.2f} points below its parent "
-                       f"{strategy['parent']} on the tune split{agrees}")
+        reasons.append(f"INT8 quantization costs {(parent_tune - tune_accuracy) * 100:.2f} points against its parent "
+                       f"{strategy['parent']} on the tune split (more than --max-drop){agrees}")
     if tune_drop > max_drop + 1e-9:
         reasons.append(f"accuracy drop {tune_drop:.2f} > {max_drop:g} points on the tune split")
     if export is None:

@@ -328,6 +328,6 @@ def test_collapsed_int8_variant_is_excluded_with_its_reason_and_failures_are_lis
     ranking = rk.rank(records, max_drop=1.0)
     row = next(r for r in ranking["candidates"] if r["cid"] == "a+int8")
     assert not row["eligible"] and ranking["chosen"] == "a"
-    assert row["reasons"][0] == ("INT8 accuracy collapsed: 29.70 points below its parent a on the tune split, "
-                                 "top-1 agreement with it 62.0% on held-out")
+    assert row["reasons"][0] == ("INT8 quantization costs 29.70 points against its parent a on the tune split "
+                                 "(more than --max-drop), top-1 agreement with it 62.0% on held-out")
     assert ranking["variant_failures"] == {"a+int8u": "onnxruntime cannot quantize a (NoSuchOp)"}
