@@ -18,6 +18,11 @@ class ModelError(MixpruneError):
     """Unknown model name, pretrained weights that cannot be had, a model that fails to build."""
 
 
+class CutError(ModelError):
+    """A structured cut that cannot be made (a model Torch-Pruning cannot cut, a ratio that
+    removes every channel) or replayed (weights that do not match their recorded cut)."""
+
+
 class CheckpointError(MixpruneError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 

@@ -1,0 +1,242 @@
+"""Structured cuts: whole output channels removed with Torch-Pruning, recorded so that they replay.
+
+Torch-Pruning's dependency graph finds the coupled groups (residual adds, depthwise and
+grouped convolutions, concatenations); cutting one root prunes every coupled layer with
+it. A cut is recorded as those groups in the order they were pruned: the module that roots
+each one (by name) and the channel indices removed. Replaying them on a freshly built timm
+model gives the same smaller architecture, onto which the cut model's weights (a
+safetensors state dict) load: no module is ever pickled. Ratios are keyed by the
+parameter name of a conv / linear weight (``layer1.0.conv1.weight``), the fraction of its
+output channels to remove; Torch-Pruning's ratios count channels, so such a layer loses
+about 1 - (1 - p)^2 of its parameters when its input is cut too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import warnings
+
+import torch
+from torch import nn
+
+from mixprune.errors import CutError
+from mixprune.registry import Registry
+
+from .roles import discover_layers
+
+CUT_FORMAT = 1
+
+
+# How a group of coupled channels is scored (Torch-Pruning's group importances), by signal.
+IMPORTANCES: Registry = Registry("structured importance", CutError)
+
+
+@IMPORTANCES.register("magnitude")
+def _magnitude():
+    import torch_pruning as tp
+
+    return tp.importance.GroupMagnitudeImportance(p=2)
+
+
+@IMPORTANCES.register("product")
+def _taylor():
+    import torch_pruning as tp
+
+    return tp.importance.GroupTaylorImportance()  # |w * dL/dw|: needs .grad filled by the caller
+
+
+@dataclasses.dataclass(frozen=True)
+class CutGroup:
+    module: str  # the module whose output channels root the group
+    removed: tuple[int, ...]  # its output channels removed (indices before the cut)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    groups: tuple[CutGroup, ...]
+    round_to: int
+
+    def to_dict(self) -> dict:
+        return {"format": CUT_FORMAT, "round_to": self.round_to,
+                "groups": [{"module": g.module, "removed": list(g.removed)} for g in self.groups]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Cut:
+        try:
+            if data["format"] != CUT_FORMAT:
+                raise CutError(f"a cut record of format {data['format']}; this mixprune reads format {CUT_FORMAT}")
+            groups = tuple(CutGroup(str(g["module"]), tuple(int(i) for i in g["removed"])) for g in data["groups"])
+            return cls(groups, int(data["round_to"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CutError(f"a malformed cut record ({type(exc).__name__}: {exc})") from exc
+
+
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    """{parameter name of each conv / linear weight: its output channels}."""
+    return {layer.name: layer.shape[0] for layer in discover_layers(model)}
+
+
+def _check_ratios(model: nn.Module, ratios: dict[str, float], round_to: int, label: str) -> None:
+    if round_to < 1:
+        raise CutError(f"channel counts must be rounded to a multiple of at least 1, got {round_to}")
+    counts = channel_counts(model)
+    classifier = {f"{n}.weight" for n, m in model.named_modules() if m is model.get_classifier()}
+    for name, ratio in ratios.items():
+        if name in classifier:
+            raise CutError(f"{name} is {label}'s classifier: its outputs are the classes and are never cut")
+        if name not in counts:
+            close = difflib.get_close_matches(name, counts, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise CutError(f"{label} has no conv or linear weight '{name}'{hint}")
+        if not 0 <= ratio < 1:
+            raise CutError(f"cutting {ratio:g} of the output channels of {name} would remove them all "
+                           "(a structured ratio must be in [0, 1))")
+        kept = counts[name] - int(counts[name] * ratio)
+        if kept < min(round_to, counts[name]):
+            raise CutError(f"cutting {ratio:g} of {name}'s {counts[name]} channels leaves {kept}, fewer than "
+                           f"one multiple of {round_to} (lower the ratio or the rounding)")
+
+
+def _forward_or_explain(model: nn.Module, example: torch.Tensor, label: str, after: str) -> torch.Tensor:
+    try:
+        with torch.no_grad():
+            return model(example)
+    except Exception as exc:  # noqa: BLE001 - the model's own forward raises whatever its layers raise
+        detail = " ".join(str(exc).split())[:200]
+        raise CutError(f"{label} does not run after {after} ({type(exc).__name__}: {detail}); Torch-Pruning "
+                       "cannot cut this architecture as it is") from exc
+
+
+def _copy_with_grads(model: nn.Module) -> nn.Module:
+    """A copy in eval mode; deepcopy drops gradients, and Taylor importance reads them."""
+    copied = copy.deepcopy(model).eval()
+    for source, target in zip(model.parameters(), copied.parameters(), strict=True):
+        if source.grad is not None:
+            target.grad = source.grad.clone()
+    return copied
+
+
+def cut_model(model: nn.Module, example: torch.Tensor, ratios: dict[str, float], *, importance: str = "magnitude",
+              round_to: int = 8, label: str = "the model") -> tuple[nn.Module, Cut]:
+    """A copy of ``model`` with channels removed, and the record that replays the cut (``model``
+    itself is left alone, so a cut that fails leaves nothing half-cut behind).
+
+    The classifier keeps its outputs (the classes) and no layer loses input channels of the
+    image (Torch-Pruning only ever cuts what feeds from a cut layer). For ``product``,
+    gradients must be in ``model``'s ``.grad`` already.
+    """
+    import torch_pruning as tp
+
+    _check_ratios(model, ratios, round_to, label)
+    scorer = IMPORTANCES.get(importance)()
+    model = _copy_with_grads(model)
+    modules = dict(model.named_modules())
+    names = {module: name for name, module in modules.items()}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Torch-Pruning warns about every parameter it cannot unwrap
+            pruner = tp.pruner.MetaPruner(
+                model, example, importance=scorer, pruning_ratio=0.0, round_to=round_to,
+                pruning_ratio_dict={modules[n.rpartition(".")[0]]: r for n, r in ratios.items()},
+                ignored_layers=[model.get_classifier()])
+            groups = []
+            for group in pruner.step(interactive=True):
+                dep, idxs = group[0]
+                groups.append(CutGroup(names[dep.target.module], tuple(sorted(int(i) for i in idxs))))
+                group.prune()
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning's tracing fails in many ways on unsupported graphs
+        detail = " ".join(str(exc).split())[:200]
+        raise CutError(f"Torch-Pruning cannot cut {label} ({type(exc).__name__}: {detail})") from exc
+    _forward_or_explain(model, example, label, "the cut")
+    return model, Cut(tuple(groups), round_to)
+
+
+def replay_cut(model: nn.Module, example: torch.Tensor, cut: Cut, label: str = "the model") -> None:
+    """Apply a recorded cut to a freshly built ``model`` (same architecture), in place."""
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = tp.DependencyGraph().build_dependency(model.eval(), example)
+    for g in cut.groups:
+        module = modules.get(g.module)
+        if module is None:
+            raise CutError(f"the recorded cut names a module {g.module} that {label} does not have")
+        size = module.weight.shape[0]
+        if any(i >= size for i in g.removed) or len(g.removed) >= size:
+            raise CutError(f"the recorded cut removes channels {g.removed[:3]}... of {g.module}, which has {size}")
+        graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
+                                list(g.removed)).prune()
+    _forward_or_explain(model, example, label, "replaying its cut")
+
+
+def load_cut_state(model: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
+    """Load a cut model's weights, refusing ones whose shapes do not match the replayed cut."""
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or extra:
+        first = wrong[0] if wrong else (missing or extra)[0]
+        shape = f" ({tuple(state[first].shape)} stored, {tuple(own[first].shape)} after the cut)" if wrong else ""
+        raise CutError(f"the weights of {label} do not match its recorded cut: {len(wrong)} tensors of another "
+                       f"shape, {len(missing)} missing, {len(extra)} unknown, e.g. {first}{shape}")
+    model.load_state_dict(state)
+
+
+def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """Multiply-accumulates of one forward pass on ``example`` and parameters (Torch-Pruning's counter)."""
+    import torch_pruning as tp
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        macs, params = tp.utils.count_ops_and_params(model.eval(), example)
+    return int(macs), int(params)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalCut:
+    """What one global structured run (one importance, one MAC target) left in each layer."""
+
+    ratios: dict[str, float]  # parameter name -> fraction of its output channels removed
+    macs_reduction: float  # achieved: 1 - MACs after / MACs before
+    channel_ratio: float  # Torch-Pruning's global pruning_ratio that achieved it
+
+
+def global_cut(model: nn.Module, example: torch.Tensor, macs_reduction: float, *, importance: str = "magnitude",
+               round_to: int = 8, tolerance: float = 0.02, steps: int = 10, label: str = "the model") -> GlobalCut:
+    """Torch-Pruning's global pruning (one importance threshold across layers) at the channel ratio that
+    removes ``macs_reduction`` of the MACs (bisection, within ``tolerance``): the per-layer ratios it
+    chose are Phase 1's global guidance, as a global magnitude run is for unstructured pruning."""
+    import torch_pruning as tp
+
+    if not 0 < macs_reduction < 1:
+        raise CutError(f"a MAC reduction must be in (0, 1), got {macs_reduction:g}")
+    base_macs, _ = macs_and_params(model, example)
+    before = channel_counts(model)
+    head = {f"{n}.weight" for n, m in model.named_modules() if m is model.get_classifier()}
+    low, high, best = 0.0, 0.95, None
+    for _ in range(steps):
+        ratio = (low + high) / 2
+        trial = _copy_with_grads(model)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tp.pruner.MetaPruner(trial, example, importance=IMPORTANCES.get(importance)(), pruning_ratio=ratio,
+                                     global_pruning=True, round_to=round_to,
+                                     ignored_layers=[trial.get_classifier()]).step()
+        except Exception as exc:  # noqa: BLE001 - as in cut_model
+            detail = " ".join(str(exc).split())[:200]
+            raise CutError(f"Torch-Pruning cannot cut {label} ({type(exc).__name__}: {detail})") from exc
+        _forward_or_explain(trial, example, label, "a global cut")
+        achieved = 1 - macs_and_params(trial, example)[0] / base_macs
+        after = channel_counts(trial)
+        candidate = GlobalCut({n: 1 - after[n] / before[n] for n in before if n not in head}, achieved, ratio)
+        if best is None or abs(achieved - macs_reduction) < abs(best.macs_reduction - macs_reduction):
+            best = candidate
+        if abs(achieved - macs_reduction) <= tolerance:
+            break
+        low, high = (ratio, high) if achieved < macs_reduction else (low, ratio)
+    return best
