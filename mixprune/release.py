@@ -77,7 +77,8 @@ def build_manifest(info: dict, cid: str, records: ModelRecords, dense: dict, ran
                   "parity": export["parity"], "sparsity_preserved": export["sparsity_preserved"],
                   "verified": export["verified"]},
         "strategy": {k: strategy.get(k) for k in ("kind", "signal", "strategy", "global_sparsity", "layers",
-                                                  "baselines", "rule_table")},
+                                                  "baselines", "rule_table", "parent", "parent_kind",
+                                                  "quantization")},
         "accuracy": {"top1": accuracy, "split": REPORT_SPLIT, "source": source, "dense": dense["accuracy"],
                      "drop_points": round((dense["accuracy"] - accuracy) * 100, 4),
                      "raw": evaluation.get("accuracy_raw"), "finetuned": evaluation.get("accuracy_finetuned"),
@@ -101,33 +102,58 @@ def build_manifest(info: dict, cid: str, records: ModelRecords, dense: dict, ran
     }
 
 
+def _what_it_is(strat: dict) -> str:
+    if strat["kind"] == "int8":
+        q = strat.get("quantization") or {}
+        parent = ("the dense model" if strat.get("parent_kind") == "dense" else
+                  f"{strat.get('parent')} ({strat['signal']} / {strat['strategy']}, "
+                  f"{strat['global_sparsity'] * 100:.1f}% unstructured sparsity, its zeros kept in the int8 weights)")
+        return (f"INT8 with mixprune: onnxruntime static quantization ({q.get('format')}, "
+                f"{q.get('activation_type')} activations, {q.get('weight_type')} weights per channel, calibrated "
+                f"on {q.get('calibration_samples')} images) of {parent}.")
+    return (f"Pruned with mixprune ({strat['kind']}: signal {strat['signal']}, strategy {strat['strategy']}) "
+            f"to {strat['global_sparsity'] * 100:.1f}% global sparsity (unstructured).")
+
+
+def _versus_dense(bench: dict) -> str:
+    """x dense's speed from the interleaved timing (median paired ratio, quartiles); '-' without it."""
+    paired = bench.get("interleaved")
+    if not paired or bench.get("emulated") or paired.get("reference") != "dense":
+        return "-"
+    ratio = paired["ratio_to_reference"]
+    return f"{1 / ratio['median']:.2f}x ({1 / ratio['q3']:.2f}-{1 / ratio['q1']:.2f})"
+
+
 def model_card(manifest: dict) -> str:
     m, acc, strat = manifest["model"], manifest["accuracy"], manifest["strategy"]
+    int8 = strat["kind"] == "int8"
     lines = [
         f"# {m['name']} / {m['candidate']}",
         "",
-        f"Pruned with mixprune ({strat['kind']}: signal {strat['signal']}, strategy {strat['strategy']}) "
-        f"to {strat['global_sparsity'] * 100:.1f}% global sparsity (unstructured).",
+        _what_it_is(strat),
         "",
-        f"- Top-1 accuracy: {acc['top1'] * 100:.2f}% ({acc['source']}), dense model {acc['dense'] * 100:.2f}% "
+        f"- Top-1 accuracy: {acc['top1'] * 100:.2f}% ({'INT8, measured with onnxruntime' if int8 else acc['source']}), "
+        f"dense model {acc['dense'] * 100:.2f}% "
         f"(drop {acc['drop_points']:.2f} points) on {acc['samples']} held-out images of {acc['data']['source']}; "
         f"chosen on {acc['tune_samples']} other images (the tune split, {acc['tune_top1'] * 100:.2f}% vs dense "
         f"{acc['tune_dense'] * 100:.2f}%), so the held-out figure is not biased by the choice.",
         f"- `model.onnx`: {m['bytes']['model_onnx']} bytes, {m['storage']} storage, opset {m['opset']}; "
-        f"onnxruntime matches torch within {m['parity']['max_abs_diff']:.1e} (top-1 agreement "
-        f"{m['parity']['top1_agreement']:.3f}).",
+        + (f"top-1 agreement with its fp32 parent in onnxruntime {m['parity']['top1_agreement']:.3f} (largest logit "
+           f"difference {m['parity']['max_abs_diff']:.1e}: INT8 rounding)." if int8 else
+           f"onnxruntime matches torch within {m['parity']['max_abs_diff']:.1e} (top-1 agreement "
+           f"{m['parity']['top1_agreement']:.3f})."),
         "- Input: " + "; ".join(f"`{i['name']}` {i['dtype']} {i['shape']} ({i['layout']}), "
                                 f"{i['preprocessing']['how']}, mean {i['preprocessing']['mean']}, "
                                 f"std {i['preprocessing']['std']}" for i in manifest["inputs"]),
         f"- Classes: {', '.join(map(str, manifest['class_labels'] or []))}",
         "",
-        "| device | p50 ms | p90 ms | peak RSS MB | timings |",
-        "|---|---|---|---|---|",
+        "| device | p50 ms (alone) | p90 ms | speed vs dense (paired) | peak RSS MB | timings |",
+        "|---|---|---|---|---|---|",
     ]
     for device, rec in manifest["bench"].items():
         lat = rec["latency_ms"]
-        lines.append(f"| {device} | {lat['p50']:.3f} | {lat['p90']:.3f} | {rec['peak_rss_mb']:.1f} | "
-                     f"{'EMULATED (not real speed)' if rec['emulated'] else 'measured'} |")
+        lines.append(f"| {device} | {lat['p50']:.3f} | {lat['p90']:.3f} | {_versus_dense(rec)} | "
+                     f"{rec['peak_rss_mb']:.1f} | {'EMULATED (not real speed)' if rec['emulated'] else 'measured'} |")
     if manifest.get("runtime_note"):
         lines += ["", f"Note: {manifest['runtime_note']}."]
     lines += ["", "`manifest.json` holds the sha256 of every other file in this bundle (not of itself) and the full "

@@ -165,3 +165,19 @@ def test_release_best_needs_a_ranking(run_copy, tmp_path):
 
 def test_verify_imports_only_numpy_and_onnxruntime(bundle):
     assert heavy_imports(("torch", "timm", "onnx", "matplotlib", "sklearn"), command=["verify", bundle]) == []
+
+
+def test_an_int8_bundle_says_what_it_is(quick_run, tmp_path):
+    """The card of an INT8 variant names its quantization, its parent and its speed against dense."""
+    out = tmp_path / "int8.tar.gz"
+    result = cli("release", quick_run, "--candidate", "dense+int8u", "--out", out)
+    assert result.exit_code == 0, result.output
+    with tarfile.open(out) as tar:
+        card = tar.extractfile("MODEL_CARD.md").read().decode()
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+    assert manifest["strategy"]["kind"] == "int8" and manifest["strategy"]["quantization"]["activation_type"] == "uint8"
+    assert "static quantization (QDQ, uint8 activations" in card and "of the dense model" in card
+    assert "unstructured" not in card and "agreement with its fp32 parent" in card
+    ratio = manifest["bench"]["host"]["interleaved"]["ratio_to_reference"]
+    assert f"| {1 / ratio['median']:.2f}x (" in card  # the paired speed vs dense, not a figure of its own
+    assert cli("verify", out).exit_code == 0
