@@ -20,7 +20,7 @@ from mixprune import compact
 from mixprune.config import QUANTIZE
 from mixprune.data import DataSpec, Splits, load_splits
 from mixprune.errors import ExportError, RunDirError
-from mixprune.models import ModelSpec, build_model, load_state
+from mixprune.models import ModelSpec, build_stored
 from mixprune.progress import progress_bar, say
 from mixprune.runs import ModelDir, RunDir, now_iso, package_versions
 
@@ -114,9 +114,7 @@ def export_model(model_dir: ModelDir, spec: ModelSpec, samples: torch.Tensor, op
                  prunable: list[str], label: str, on_step=lambda name: None) -> dict:
     """Export one model; returns (and writes) its export record. ``prunable``: the weights whose zeros count."""
     model_dir.drop_export()
-    model = build_model(spec)
-    load_state(model, model_dir.load_state(), f"the weights of {label}")
-    model.eval()
+    model = build_stored(spec, model_dir, label)
     wanted = set(prunable)
     params = {name: p.detach().numpy() for name, p in model.named_parameters() if name in wanted}
 

@@ -173,3 +173,16 @@ def numpy_state(model_or_state) -> dict:
     """The state dict as numpy arrays (sharing memory with the tensors), for the run directory."""
     state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
     return {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()}
+
+
+def build_stored(spec: ModelSpec, model_dir, label: str):
+    """The torch model a run directory's folder holds (``mixprune.runs.TorchModelDir``), weights loaded, eval mode:
+    the timm model of ``spec``, cut first when the folder holds a structured candidate."""
+    from .cuts import Cut, build_cut_model
+    from .runs import CutDir
+
+    if isinstance(model_dir, CutDir):
+        return build_cut_model(spec, Cut.from_dict(model_dir.read_cut()), model_dir.load_state(), label)
+    model = build_model(spec)
+    load_state(model, model_dir.load_state(), f"the weights of {label}")
+    return model.eval()

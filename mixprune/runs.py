@@ -37,6 +37,8 @@ ONNX_FILE = "model.onnx"
 COMPACT_FILE = ONNX_FILE + COMPACT_SUFFIX
 BENCH_DIR = "bench"
 VARIANT_MARK = "+"  # <parent>+int8: a variant of another model
+STRUCTURED_PREFIX = "st-"  # st-<signal>-<strategy>: a structured (channel-cut) candidate
+CUT_FILE = "cut.json"  # a structured candidate's cut record (mixprune.cuts.Cut)
 _PARTS = "mixprune_parts"  # state.safetensors metadata: sha256 of the masks and values it belongs with
 
 
@@ -290,6 +292,35 @@ class CandidateDir(TorchModelDir):
         return _sha256_file(self.state_file)
 
 
+class CutDir(TorchModelDir):
+    """``candidates/st-.../``: a structured candidate, smaller than dense: cut.json (the recorded cut)
+    and weights.safetensors (the cut model's full state dict, written last)."""
+
+    @property
+    def cut_file(self) -> Path:
+        return self.path / CUT_FILE
+
+    @property
+    def weights_file(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    def save_state(self, cut: dict, state: dict) -> str:
+        """Write the cut record, then the weights; returns the weights digest."""
+        atomic_write_json(self.cut_file, cut)
+        return self.weights_digest(_write_tensors(self.weights_file, state))
+
+    def read_cut(self) -> dict:
+        return read_json(self.cut_file, stage_hint="prune --resume")
+
+    def load_state(self) -> dict:
+        return _read_tensors(self.weights_file)[0]
+
+    def weights_digest(self, weights: bytes | None = None) -> str:
+        """sha256 of the cut record and the weights: either changing changes the model."""
+        data = weights if weights is not None else self.weights_file.read_bytes()
+        return _sha256(self.cut_file.read_bytes() + data)
+
+
 class VariantDir(ModelDir):
     """``candidates/<parent>+<kind>/``: a model made from another one's ONNX file (an INT8 variant).
 
@@ -340,8 +371,8 @@ class RunDir:
     def dense(self) -> DenseDir:
         return DenseDir(self, DENSE, self.root / DENSE)
 
-    def candidate(self, cid: str) -> CandidateDir | VariantDir:
-        kind = VariantDir if VARIANT_MARK in cid else CandidateDir
+    def candidate(self, cid: str) -> CandidateDir | CutDir | VariantDir:
+        kind = VariantDir if VARIANT_MARK in cid else CutDir if cid.startswith(STRUCTURED_PREFIX) else CandidateDir
         return kind(self, cid, self.candidates_dir / cid)
 
     def variant(self, parent: str, suffix: str) -> VariantDir:

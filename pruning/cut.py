@@ -1,11 +1,8 @@
-"""Structured cuts: whole output channels removed with Torch-Pruning, recorded so that they replay.
+"""Structured cuts: whole output channels removed with Torch-Pruning.
 
 Torch-Pruning's dependency graph finds the coupled groups (residual adds, depthwise and
 grouped convolutions, concatenations); cutting one root prunes every coupled layer with
-it. A cut is recorded as those groups in the order they were pruned: the module that roots
-each one (by name) and the channel indices removed. Replaying them on a freshly built timm
-model gives the same smaller architecture, onto which the cut model's weights (a
-safetensors state dict) load: no module is ever pickled. Ratios are keyed by the
+it. Each cut comes with its record (mixprune.cuts.Cut), which replays it. Ratios are keyed by the
 parameter name of a conv / linear weight (``layer1.0.conv1.weight``), the fraction of its
 output channels to remove; Torch-Pruning's ratios count channels, so such a layer loses
 about 1 - (1 - p)^2 of its parameters when its input is cut too.
@@ -21,13 +18,11 @@ import warnings
 import torch
 from torch import nn
 
+from mixprune.cuts import Cut, CutGroup, forward_or_explain
 from mixprune.errors import CutError
 from mixprune.registry import Registry
 
 from .roles import discover_layers
-
-CUT_FORMAT = 1
-
 
 # How a group of coupled channels is scored (Torch-Pruning's group importances), by signal.
 IMPORTANCES: Registry = Registry("structured importance", CutError)
@@ -45,32 +40,6 @@ def _taylor():
     import torch_pruning as tp
 
     return tp.importance.GroupTaylorImportance()  # |w * dL/dw|: needs .grad filled by the caller
-
-
-@dataclasses.dataclass(frozen=True)
-class CutGroup:
-    module: str  # the module whose output channels root the group
-    removed: tuple[int, ...]  # its output channels removed (indices before the cut)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cut:
-    groups: tuple[CutGroup, ...]
-    round_to: int
-
-    def to_dict(self) -> dict:
-        return {"format": CUT_FORMAT, "round_to": self.round_to,
-                "groups": [{"module": g.module, "removed": list(g.removed)} for g in self.groups]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Cut:
-        try:
-            if data["format"] != CUT_FORMAT:
-                raise CutError(f"a cut record of format {data['format']}; this mixprune reads format {CUT_FORMAT}")
-            groups = tuple(CutGroup(str(g["module"]), tuple(int(i) for i in g["removed"])) for g in data["groups"])
-            return cls(groups, int(data["round_to"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CutError(f"a malformed cut record ({type(exc).__name__}: {exc})") from exc
 
 
 def channel_counts(model: nn.Module) -> dict[str, int]:
@@ -97,16 +66,6 @@ def _check_ratios(model: nn.Module, ratios: dict[str, float], round_to: int, lab
         if kept < min(round_to, counts[name]):
             raise CutError(f"cutting {ratio:g} of {name}'s {counts[name]} channels leaves {kept}, fewer than "
                            f"one multiple of {round_to} (lower the ratio or the rounding)")
-
-
-def _forward_or_explain(model: nn.Module, example: torch.Tensor, label: str, after: str) -> torch.Tensor:
-    try:
-        with torch.no_grad():
-            return model(example)
-    except Exception as exc:  # noqa: BLE001 - the model's own forward raises whatever its layers raise
-        detail = " ".join(str(exc).split())[:200]
-        raise CutError(f"{label} does not run after {after} ({type(exc).__name__}: {detail}); Torch-Pruning "
-                       "cannot cut this architecture as it is") from exc
 
 
 def _copy_with_grads(model: nn.Module) -> nn.Module:
@@ -149,41 +108,8 @@ def cut_model(model: nn.Module, example: torch.Tensor, ratios: dict[str, float],
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning's tracing fails in many ways on unsupported graphs
         detail = " ".join(str(exc).split())[:200]
         raise CutError(f"Torch-Pruning cannot cut {label} ({type(exc).__name__}: {detail})") from exc
-    _forward_or_explain(model, example, label, "the cut")
+    forward_or_explain(model, example, label, "the cut")
     return model, Cut(tuple(groups), round_to)
-
-
-def replay_cut(model: nn.Module, example: torch.Tensor, cut: Cut, label: str = "the model") -> None:
-    """Apply a recorded cut to a freshly built ``model`` (same architecture), in place."""
-    import torch_pruning as tp
-
-    modules = dict(model.named_modules())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = tp.DependencyGraph().build_dependency(model.eval(), example)
-    for g in cut.groups:
-        module = modules.get(g.module)
-        if module is None:
-            raise CutError(f"the recorded cut names a module {g.module} that {label} does not have")
-        size = module.weight.shape[0]
-        if any(i >= size for i in g.removed) or len(g.removed) >= size:
-            raise CutError(f"the recorded cut removes channels {g.removed[:3]}... of {g.module}, which has {size}")
-        graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
-                                list(g.removed)).prune()
-    _forward_or_explain(model, example, label, "replaying its cut")
-
-
-def load_cut_state(model: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
-    """Load a cut model's weights, refusing ones whose shapes do not match the replayed cut."""
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if wrong or missing or extra:
-        first = wrong[0] if wrong else (missing or extra)[0]
-        shape = f" ({tuple(state[first].shape)} stored, {tuple(own[first].shape)} after the cut)" if wrong else ""
-        raise CutError(f"the weights of {label} do not match its recorded cut: {len(wrong)} tensors of another "
-                       f"shape, {len(missing)} missing, {len(extra)} unknown, e.g. {first}{shape}")
-    model.load_state_dict(state)
 
 
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -230,7 +156,7 @@ def global_cut(model: nn.Module, example: torch.Tensor, macs_reduction: float, *
         except Exception as exc:  # noqa: BLE001 - as in cut_model
             detail = " ".join(str(exc).split())[:200]
             raise CutError(f"Torch-Pruning cannot cut {label} ({type(exc).__name__}: {detail})") from exc
-        _forward_or_explain(trial, example, label, "a global cut")
+        forward_or_explain(trial, example, label, "a global cut")
         achieved = 1 - macs_and_params(trial, example)[0] / base_macs
         after = channel_counts(trial)
         candidate = GlobalCut({n: 1 - after[n] / before[n] for n in before if n not in head}, achieved, ratio)

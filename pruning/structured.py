@@ -55,7 +55,7 @@ def shift_to_macs(model: nn.Module, example: torch.Tensor, ratios: dict[str, flo
     counts its MACs). Ratios are clipped to [0, MAX_CHANNEL_RATIO] and so that every layer
     keeps at least one multiple of ``round_to`` channels."""
     if not 0 < target < 1:
-        raise CutError(f"--macs-reduction must be in (0, 1), got {target:g}")
+        raise CutError(f"a MAC reduction must be in (0, 1), got {target:g}")
     base, _ = macs_and_params(model, example)
     counts = channel_counts(model)
     caps = {n: min(MAX_CHANNEL_RATIO, max(0.0, (counts[n] - round_to) / counts[n])) for n in ratios}
@@ -71,7 +71,7 @@ def shift_to_macs(model: nn.Module, example: torch.Tensor, ratios: dict[str, flo
     lo, hi = -1.0, 1.0
     reach = reduction(hi)
     if reach < target:
-        raise CutError(f"--macs-reduction {target:g} is out of reach for {label}: with every layer cut by "
+        raise CutError(f"a MAC reduction of {target:g} is out of reach for {label}: with every layer cut by "
                        f"{MAX_CHANNEL_RATIO:.0%} of its channels (or down to {round_to}) the MACs drop by {reach:.3f}")
     best = (abs(reach - target), hi)
     for _ in range(steps):

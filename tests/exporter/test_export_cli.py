@@ -152,8 +152,7 @@ def test_model_that_fails_to_export(build_run, monkeypatch):
             return self.fc(torch.cummax(x, 1)[0].mean((1, 2)))
 
     run = build_run("vit", {"a": 0.5})
-    monkeypatch.setattr(stage, "build_model", lambda spec: Cummax())
-    monkeypatch.setattr(stage, "load_state", lambda model, state, source: None)
+    monkeypatch.setattr(stage, "build_stored", lambda spec, folder, label: Cummax().eval())
     result = cli("export", run, "--candidate", "a")
     assert_one_line_error(result, "cannot export vit_tiny_patch16_224 (a)", "aten::cummax")
     assert not (run / "candidates" / "a" / "model.onnx").exists()

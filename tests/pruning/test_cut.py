@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mixprune.errors import CutError
+from mixprune.cuts import Cut, build_cut_model, replay_cut
+from mixprune.errors import CheckpointError, CutError
 from mixprune.models import build_model
-from mixprune.pruning.cut import Cut, channel_counts, cut_model, load_cut_state, replay_cut
+from mixprune.pruning.cut import channel_counts, cut_model
 
 from tests.exporter.conftest import SPECS
 
@@ -40,9 +41,8 @@ def test_cut_is_smaller_and_replays_from_its_record_and_weights(family, tmp_path
     # saved as JSON + safetensors, replayed on a freshly built model: the same function
     (tmp_path / "cut.json").write_text(json.dumps(cut.to_dict()))
     save_file({k: v.contiguous() for k, v in cut_net.state_dict().items()}, tmp_path / "weights.safetensors")
-    fresh = build_model(spec).eval()
-    replay_cut(fresh, x, Cut.from_dict(json.loads((tmp_path / "cut.json").read_text())), spec.name)
-    load_cut_state(fresh, load_file(tmp_path / "weights.safetensors"), spec.name)
+    fresh = build_cut_model(spec, Cut.from_dict(json.loads((tmp_path / "cut.json").read_text())),
+                            load_file(tmp_path / "weights.safetensors"), spec.name)
     assert torch.allclose(fresh(x), cut_net(x), atol=1e-6)
 
 
@@ -77,15 +77,20 @@ def test_bad_cuts_are_refused(ratios, round_to, message):
 
 
 def test_weights_that_do_not_match_their_cut_are_refused():
+    from mixprune.models import load_state
+
     spec, model, x = _model("resnet")
     half, cut = cut_model(model, x, {"layer1.0.conv1.weight": 0.5}, round_to=4)
     quarter, _ = cut_model(model, x, {"layer1.0.conv1.weight": 0.25}, round_to=2)
     fresh = build_model(spec).eval()
     replay_cut(fresh, x, cut)
-    with pytest.raises(CutError, match="do not match its recorded cut.*layer1.0.conv1.weight"):
-        load_cut_state(fresh, quarter.state_dict(), "the candidate")
+    with pytest.raises(CheckpointError, match=r"does not fit the model \(shape mismatch: layer1.0.bn1.bias \(6,\) vs model \(4,\)"):
+        load_state(fresh, quarter.state_dict(), "the candidate")
     with pytest.raises(CutError, match="format"):
         Cut.from_dict({**cut.to_dict(), "format": 99})
+    with pytest.raises(CutError, match="removes channels"):
+        replay_cut(build_model(spec).eval(), x, Cut((cut.groups[0].__class__("layer1.0.conv1", tuple(range(8))),), 4))
+
 
 
 def test_global_cut_reaches_its_mac_reduction_with_per_layer_ratios():

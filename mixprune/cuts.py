@@ -1,0 +1,88 @@
+"""A structured cut as a record: which channels Torch-Pruning removed, so that it replays.
+
+A cut is recorded as the groups Torch-Pruning pruned, in the order they were pruned: the
+module that roots each one (by name) and the output channels removed. Replaying them with
+Torch-Pruning's dependency graph on a freshly built timm model gives the same smaller
+architecture, onto which the cut model's weights (a safetensors state dict) load: no
+module is ever pickled. The prune stage makes cuts (mixprune.pruning.cut); the export
+stage and experiments rebuild cut models from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+from .errors import CutError
+
+CUT_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CutGroup:
+    module: str  # the module whose output channels root the group
+    removed: tuple[int, ...]  # its output channels removed (indices before the cut)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    groups: tuple[CutGroup, ...]
+    round_to: int
+
+    def to_dict(self) -> dict:
+        return {"format": CUT_FORMAT, "round_to": self.round_to,
+                "groups": [{"module": g.module, "removed": list(g.removed)} for g in self.groups]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Cut:
+        try:
+            if data["format"] != CUT_FORMAT:
+                raise CutError(f"a cut record of format {data['format']}; this mixprune reads format {CUT_FORMAT}")
+            groups = tuple(CutGroup(str(g["module"]), tuple(int(i) for i in g["removed"])) for g in data["groups"])
+            return cls(groups, int(data["round_to"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CutError(f"a malformed cut record ({type(exc).__name__}: {exc})") from exc
+
+
+def forward_or_explain(model, example, label: str, after: str):
+    import torch
+
+    try:
+        with torch.no_grad():
+            return model(example)
+    except Exception as exc:  # noqa: BLE001 - the model's own forward raises whatever its layers raise
+        detail = " ".join(str(exc).split())[:200]
+        raise CutError(f"{label} does not run after {after} ({type(exc).__name__}: {detail}); Torch-Pruning "
+                       "cannot cut this architecture as it is") from exc
+
+
+def replay_cut(model, example, cut: Cut, label: str = "the model") -> None:
+    """Apply a recorded cut to a freshly built ``model`` (same architecture), in place."""
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = tp.DependencyGraph().build_dependency(model.eval(), example)
+    for g in cut.groups:
+        module = modules.get(g.module)
+        if module is None:
+            raise CutError(f"the recorded cut names a module {g.module} that {label} does not have")
+        size = module.weight.shape[0]
+        if any(i >= size for i in g.removed) or len(g.removed) >= size:
+            raise CutError(f"the recorded cut removes channels {g.removed[:3]}... of {g.module}, which has {size}")
+        graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
+                                list(g.removed)).prune()
+    forward_or_explain(model, example, label, "replaying its cut")
+
+
+def build_cut_model(spec, cut: Cut, state: dict, label: str):
+    """The timm model of ``spec`` with ``cut`` replayed and ``state`` (numpy or torch) loaded, in eval mode."""
+    import torch
+
+    from .models import build_model, load_state
+
+    model = build_model(spec).eval()
+    replay_cut(model, torch.zeros(1, *spec.input_shape[1:]), cut, label)
+    load_state(model, state, f"the weights of {label} (against its recorded cut)")
+    return model.eval()
