@@ -35,6 +35,29 @@ def _magnitude():
     return tp.importance.GroupMagnitudeImportance(p=2)
 
 
+@IMPORTANCES.register("gradient")
+def _gradient():
+    """|dL/dw| per channel group: Torch-Pruning's magnitude importance (L1) read on the gradients."""
+    import torch_pruning as tp
+
+    magnitude = tp.importance.GroupMagnitudeImportance(p=1)
+
+    def score(group):
+        layers = {id(dep.target.module): dep.target.module for dep, _ in group
+                  if getattr(dep.target.module, "weight", None) is not None
+                  and dep.target.module.weight.grad is not None}
+        swapped = {key: layer.weight.data for key, layer in layers.items()}
+        try:
+            for layer in layers.values():
+                layer.weight.data = layer.weight.grad.data
+            return magnitude(group)
+        finally:
+            for key, layer in layers.items():
+                layer.weight.data = swapped[key]
+
+    return score
+
+
 @IMPORTANCES.register("product")
 def _taylor():
     import torch_pruning as tp

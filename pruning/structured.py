@@ -32,7 +32,7 @@ def cuttable_layers(model: nn.Module) -> list[Layer]:
 
 
 def structured_ranges(model: nn.Module, example: torch.Tensor, table: RuleTable, *,
-                      importances: tuple[str, ...] = ("magnitude", "product"),
+                      importances: tuple[str, ...] = ("magnitude", "gradient", "product"),
                       targets: tuple[float, ...] = (0.3, 0.5, 0.7), round_to: int = 8,
                       label: str = "the model") -> tuple[dict, dict]:
     """Phase 1: ({name: range record as in ranges.json}, {run label: achieved MAC reduction}).
