@@ -82,3 +82,28 @@ def shift_to_macs(model: nn.Module, example: torch.Tensor, ratios: dict[str, flo
             break
         lo, hi = (mid, hi) if got < target else (lo, mid)
     return shifted(best[1])
+
+
+def matched_baselines(model: nn.Module, example: torch.Tensor, macs_reduction: float, *, round_to: int = 8,
+                      label: str = "the model") -> dict[str, dict[str, float]]:
+    """The paper's comparison, structured: per-layer channel ratios of Torch-Pruning's global magnitude
+    and global Taylor runs and of one uniform ratio for every layer, each at ``macs_reduction``.
+    For Taylor, gradients must be in ``model``'s ``.grad`` already."""
+    baselines = {name: global_cut(model, example, macs_reduction, importance=importance, round_to=round_to,
+                                  label=label).ratios
+                 for name, importance in (("mag", "magnitude"), ("taylor", "product"))}
+    flat = {layer.name: 0.0 for layer in cuttable_layers(model)}
+    baselines["uniform"] = shift_to_macs(model, example, flat, macs_reduction, round_to=round_to, label=label)
+    return baselines
+
+
+def describe_cut(model: nn.Module, cut: nn.Module, example: torch.Tensor) -> dict:
+    """strategy.json's record of a cut: output channels per layer before and after, parameters and MACs."""
+    before, after = channel_counts(model), channel_counts(cut)
+    (macs_before, params_before), (macs_after, params_after) = macs_and_params(model, example), \
+        macs_and_params(cut, example)
+    return {"channels": {name: {"before": before[name], "after": after[name]} for name in before},
+            "params": {"before": params_before, "after": params_after},
+            "macs": {"before": macs_before, "after": macs_after},
+            "macs_reduction": round(1 - macs_after / macs_before, 6),
+            "params_reduction": round(1 - params_after / params_before, 6)}

@@ -64,3 +64,20 @@ def test_mac_reduction_out_of_bounds_or_reach(resnet, target, message):
     _, model, x = resnet
     with pytest.raises(CutError, match=message):
         shift_to_macs(model, x, {"layer1.0.conv1.weight": 0.1}, target, round_to=2)
+
+
+def test_matched_baselines_reach_the_same_macs_and_a_cut_is_described(resnet):
+    from mixprune.pruning.structured import describe_cut, matched_baselines
+
+    spec, model, x = resnet
+    baselines = matched_baselines(model, x, 0.5, round_to=2)
+    assert set(baselines) == {"mag", "taylor", "uniform"}
+    uniform = {r for n, r in baselines["uniform"].items() if r > 0}
+    assert len({round(r, 6) for r in uniform}) <= 2  # one ratio for every layer (some clipped to keep channels)
+    for name, ratios in baselines.items():
+        cut, _ = cut_model(model, x, {n: r for n, r in ratios.items() if r > 0}, round_to=2)
+        described = describe_cut(model, cut, x)
+        assert abs(described["macs_reduction"] - 0.5) <= 0.06, name
+        assert described["params"]["after"] < described["params"]["before"]
+        assert described["channels"]["conv1.weight"]["before"] >= described["channels"]["conv1.weight"]["after"]
+        assert described["channels"]["fc.weight"] == {"before": 10, "after": 10}  # the classes stay
