@@ -345,7 +345,7 @@ def _parse_shapes(ctx, param, values):
 @click.argument("target", metavar="MODEL.onnx|RUN_DIR", type=click.Path(path_type=str))
 @click.option("--device", required=True, metavar="NAME|FILE",
               help="Device profile: a built-in name (see `mixprune devices list`) or a profile .toml file.")
-@click.option("--runs", type=click.IntRange(min=1), show_default="the profile's", help="Timed runs after warm-up.")
+@click.option("--runs", type=click.IntRange(min=1), show_default="the profile's", help="Timed runs per model after warm-up (alone, and in all over the interleaved rounds).")
 @click.option("--warmup", type=click.IntRange(min=0), show_default="the profile's", help="Untimed runs before timing.")
 @click.option("--threads", type=click.IntRange(min=0),
               help="onnxruntime intra-op threads, overriding the profile's; 0 = all cores of the device.")
@@ -357,10 +357,13 @@ def bench(target, device, runs, warmup, threads, shapes, as_json):
 
     \b
     MODEL.onnx: any ONNX file; prints a table (or the JSON record with --json).
-    RUN_DIR:    the dense model and every exported candidate of a mixprune run, one
-                fresh process each; writes <model dir>/bench/<device>.json.
-    Each model runs in a fresh process of the torch-free agent, on this machine, over
-    SSH or under ARM emulation, as the profile's runner says.
+    RUN_DIR:    the dense model and every exported candidate of a mixprune run: each
+                alone in a fresh process (cold start, peak RSS), then all of them
+                timed in one process with the dense model, runs interleaved over
+                rounds (the latency that ranks: paired ratios to dense); writes
+                <model dir>/bench/<device>.json.
+    The torch-free agent runs on this machine, over SSH or under ARM emulation, as
+    the profile's runner says.
     """
     import json
     from pathlib import Path
