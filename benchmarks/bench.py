@@ -123,8 +123,8 @@ def _interleaved(todo: dict[str, ModelDir], profile: Profile, config: dict, benc
     measured = []
     for ids in batches:
         dirs = [todo[cid] for cid in ids]
+        files, group_config = [d.onnx_file for d in dirs], _model_config(config, *dirs)
         for _ in range(processes):
-            raw = profile.runner.interleave([d.onnx_file for d in dirs], _model_config(config, *dirs))
-            measured.append((ids, raw))
+            measured.append((ids, profile.runner.interleave(files, group_config)))
             counter.advance(f"({', '.join(ids[1:])})")
     return paired.summarize(measured, reference, bench_id)

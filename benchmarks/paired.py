@@ -54,10 +54,14 @@ def summarize(measured: list[tuple[list[str], dict]], reference: str, bench_id: 
             ratios.setdefault(mid, []).extend(paired)
             per_process.setdefault(mid, []).append(statistics.median(paired))
     first = measured[0][1]
-    return {mid: {
-        "bench_id": bench_id, "reference": reference, "group": group[mid], "processes": len(own[mid]),
-        "rounds": first["rounds"], "runs_per_round": first["runs_per_round"],
-        "p50_ms": reference_p50 * quartiles(pooled)["median"], "ratio_to_reference": quartiles(pooled),
-        "process_ratios": per_process[mid], "own_p50_ms": statistics.median(own[mid]),
-        "reference_p50_ms": reference_p50,
-    } for mid, pooled in ratios.items()}
+    blocks = {}
+    for mid, pooled in ratios.items():
+        ratio = quartiles(pooled)
+        blocks[mid] = {
+            "bench_id": bench_id, "reference": reference, "group": group[mid], "processes": len(own[mid]),
+            "rounds": first["rounds"], "runs_per_round": first["runs_per_round"],
+            "p50_ms": reference_p50 * ratio["median"], "ratio_to_reference": ratio,
+            "process_ratios": per_process[mid], "own_p50_ms": statistics.median(own[mid]),
+            "reference_p50_ms": reference_p50,
+        }
+    return blocks

@@ -345,7 +345,8 @@ def _parse_shapes(ctx, param, values):
 @click.argument("target", metavar="MODEL.onnx|RUN_DIR", type=click.Path(path_type=str))
 @click.option("--device", required=True, metavar="NAME|FILE",
               help="Device profile: a built-in name (see `mixprune devices list`) or a profile .toml file.")
-@click.option("--runs", type=click.IntRange(min=1), show_default="the profile's", help="Timed runs per model after warm-up (alone, and in all over the interleaved rounds).")
+@click.option("--runs", type=click.IntRange(min=1), show_default="the profile's",
+              help="Timed runs per model after warm-up (alone, and in all over the interleaved rounds).")
 @click.option("--warmup", type=click.IntRange(min=0), show_default="the profile's", help="Untimed runs before timing.")
 @click.option("--threads", type=click.IntRange(min=0),
               help="onnxruntime intra-op threads, overriding the profile's; 0 = all cores of the device.")

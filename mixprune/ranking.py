@@ -56,6 +56,7 @@ from .runs import DENSE, RunDir
 FORMAT_VERSION = 1
 LATENCY_NOISE_FLOOR = 0.05  # relative, latency of models timed in separate processes
 PAIRED_NOISE_FLOOR = 0.02  # relative, latency from interleaved runs (paired ratios)
+SAME_KERNELS = "same kernels as dense"  # vs_dense source of fp32 models that differ from dense only in zeros
 MEMORY_NOISE_MB, MEMORY_NOISE_FLOOR = 1.0, 0.02
 CPU_PROVIDER = "CPUExecutionProvider"
 RULE = ("eligible = accuracy drop on the tune split <= max_drop points, verified export, within every device's "
@@ -331,7 +332,7 @@ def versus_dense(row: dict, device: str, bands: dict, dense: dict | None) -> dic
     if not m["benched"] or dense is None or bands["emulated"]:
         return None
     if _same_kernels(row) and m["cpu_only"]:
-        return {"speedup": 1.0, "low": 1.0, "high": 1.0, "faster": False, "source": "same kernels as dense"}
+        return {"speedup": 1.0, "low": 1.0, "high": 1.0, "faster": False, "source": SAME_KERNELS}
     value = _measured(row, "p50_ms", device, bands)
     block = m["interleaved"] if m["latency_source"] == "interleaved" else None
     ratio = block["ratio_to_reference"] if block and block["reference"] == DENSE else None
@@ -366,7 +367,7 @@ def format_summary(device: str, rows: list[dict], bands: dict) -> dict:
 def speed_versus_dense(cid: str, device: str, vs: dict | None) -> str:
     if vs is None:
         return f"{cid}: its speed on {device} relative to dense cannot be said (not measured, or emulated)"
-    if vs["source"] == "same kernels as dense":
+    if vs["source"] == SAME_KERNELS:
         return f"{cid} runs dense's kernels on {device}: not faster than the dense model"
     quartiles = f", paired quartiles {vs['low']:.2f}-{vs['high']:.2f}x" if vs["low"] is not None else ""
     verdict = ("faster than dense beyond the noise band" if vs["faster"] else
@@ -425,11 +426,11 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
     for d in device_info:
         bands = d.pop("_bands")
         d["formats"] = format_summary(d["name"], rows, bands)
-        best, _ = choice_order(eligible, objective, d["name"], bands)
-        d["best"] = best[0]["cid"] if best else None  # what this device alone would ship
+        on_this, tied_here = choice_order(eligible, objective, d["name"], bands)
+        d["best"] = on_this[0]["cid"] if on_this else None  # what this device alone would ship
         d["pareto"] = fronts[d["name"]]
         if d is choice_device:
-            ordered, tied = choice_order(eligible, objective, d["name"], bands)
+            ordered, tied = on_this, tied_here
     order = {r["cid"]: i for i, r in enumerate(ordered)}
     for r in rows:
         r["rank"] = order[r["cid"]] + 1 if r["cid"] in order else None

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from .errors import BundleError, RunDirError
 from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
 from .ranking import close_ids
-from .runs import ONNX_FILE, ModelRecords, RunDir, atomic_write_bytes
+from .runs import DENSE, ONNX_FILE, ModelRecords, RunDir, atomic_write_bytes
 
 FORMAT = "mixprune-bundle"
 FORMAT_VERSION = 1
@@ -118,7 +118,7 @@ def _what_it_is(strat: dict) -> str:
 def _versus_dense(bench: dict) -> str:
     """x dense's speed from the interleaved timing (median paired ratio, quartiles); '-' without it."""
     paired = bench.get("interleaved")
-    if not paired or bench.get("emulated") or paired.get("reference") != "dense":
+    if not paired or bench.get("emulated") or paired.get("reference") != DENSE:
         return "-"
     ratio = paired["ratio_to_reference"]
     return f"{1 / ratio['median']:.2f}x ({1 / ratio['q3']:.2f}-{1 / ratio['q1']:.2f})"

@@ -30,7 +30,7 @@ DENSE = "dense"  # the dense model's id wherever candidates are listed by id
 RUN_FILE, RANGES_FILE, RANKING_FILE = "run.json", "ranges.json", "ranking.json"
 REPORT_FILE, PARETO_FILE = "report.html", "pareto.png"
 SCORES_FILE = "calibration/scores.safetensors"
-WEIGHTS_FILE = "weights.safetensors"  # the dense model's full state dict
+WEIGHTS_FILE = "weights.safetensors"  # a full state dict (the dense model's, a structured candidate's)
 MASKS_FILE, VALUES_FILE, STATE_FILE = "masks.safetensors", "values.safetensors", "state.safetensors"
 STRATEGY_FILE, EVAL_FILE, EXPORT_FILE = "strategy.json", "eval.json", "export.json"
 ONNX_FILE = "model.onnx"
@@ -196,21 +196,25 @@ class TorchModelDir(ModelDir):
         """sha256 that changes whenever the stored weights change (export.json keeps the one it exported)."""
 
 
-class DenseDir(TorchModelDir):
-    """``dense/``: the full state dict in weights.safetensors."""
-
-    def read_strategy(self) -> None:
-        return None
+class FullStateDir(TorchModelDir):
+    """A model whose full state dict is weights.safetensors (not stored against dense)."""
 
     @property
     def weights_file(self) -> Path:
         return self.path / WEIGHTS_FILE
 
-    def has_weights(self) -> bool:
-        return self.weights_file.is_file()
-
     def load_state(self) -> dict:
         return _read_tensors(self.weights_file)[0]
+
+
+class DenseDir(FullStateDir):
+    """``dense/``: the full state dict in weights.safetensors."""
+
+    def read_strategy(self) -> None:
+        return None
+
+    def has_weights(self) -> bool:
+        return self.weights_file.is_file()
 
     def save_state(self, state: dict) -> str:
         """Write the full state dict; returns its sha256 (the weights digest)."""
@@ -292,17 +296,13 @@ class CandidateDir(TorchModelDir):
         return _sha256_file(self.state_file)
 
 
-class CutDir(TorchModelDir):
+class CutDir(FullStateDir):
     """``candidates/st-.../``: a structured candidate, smaller than dense: cut.json (the recorded cut)
     and weights.safetensors (the cut model's full state dict, written last)."""
 
     @property
     def cut_file(self) -> Path:
         return self.path / CUT_FILE
-
-    @property
-    def weights_file(self) -> Path:
-        return self.path / WEIGHTS_FILE
 
     def save_state(self, cut: dict, state: dict) -> str:
         """Write the cut record, then the weights; returns the weights digest."""
@@ -311,9 +311,6 @@ class CutDir(TorchModelDir):
 
     def read_cut(self) -> dict:
         return read_json(self.cut_file, stage_hint="prune --resume")
-
-    def load_state(self) -> dict:
-        return _read_tensors(self.weights_file)[0]
 
     def weights_digest(self, weights: bytes | None = None) -> str:
         """sha256 of the cut record and the weights: either changing changes the model."""

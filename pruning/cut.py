@@ -10,6 +10,7 @@ about 1 - (1 - p)^2 of its parameters when its input is cut too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -65,6 +66,38 @@ def _taylor():
     return tp.importance.GroupTaylorImportance()  # |w * dL/dw|: needs .grad filled by the caller
 
 
+def classifier_weights(model: nn.Module) -> set[str]:
+    """Parameter names of the classifier's weight: its outputs are the classes, never cut."""
+    return {f"{n}.weight" for n, m in model.named_modules() if m is model.get_classifier()}
+
+
+@contextlib.contextmanager
+def torch_pruning(label: str):
+    """Around a call into Torch-Pruning: its warnings silenced, its failures one CutError line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Torch-Pruning warns about every parameter it cannot unwrap
+            yield
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning's tracing fails in many ways on unsupported graphs
+        detail = " ".join(str(exc).split())[:200]
+        raise CutError(f"Torch-Pruning cannot cut {label} ({type(exc).__name__}: {detail})") from exc
+
+
+def bisect_to(target: float, measure, low: float, high: float, *, steps: int, tolerance: float):
+    """The result of ``measure(x)`` -> (achieved, result) closest to ``target``, bisecting x in
+    [low, high] (``achieved`` grows with x) until within ``tolerance`` or ``steps`` probes."""
+    best = None
+    for _ in range(steps):
+        x = (low + high) / 2
+        achieved, result = measure(x)
+        if best is None or abs(achieved - target) < abs(best[0] - target):
+            best = (achieved, result)
+        if abs(achieved - target) <= tolerance:
+            break
+        low, high = (x, high) if achieved < target else (low, x)
+    return best[1]
+
+
 def channel_counts(model: nn.Module) -> dict[str, int]:
     """{parameter name of each conv / linear weight: its output channels}."""
     return {layer.name: layer.shape[0] for layer in discover_layers(model)}
@@ -74,7 +107,7 @@ def _check_ratios(model: nn.Module, ratios: dict[str, float], round_to: int, lab
     if round_to < 1:
         raise CutError(f"channel counts must be rounded to a multiple of at least 1, got {round_to}")
     counts = channel_counts(model)
-    classifier = {f"{n}.weight" for n, m in model.named_modules() if m is model.get_classifier()}
+    classifier = classifier_weights(model)
     for name, ratio in ratios.items():
         if name in classifier:
             raise CutError(f"{name} is {label}'s classifier: its outputs are the classes and are never cut")
@@ -116,21 +149,16 @@ def cut_model(model: nn.Module, example: torch.Tensor, ratios: dict[str, float],
     model = _copy_with_grads(model)
     modules = dict(model.named_modules())
     names = {module: name for name, module in modules.items()}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Torch-Pruning warns about every parameter it cannot unwrap
-            pruner = tp.pruner.MetaPruner(
-                model, example, importance=scorer, pruning_ratio=0.0, round_to=round_to,
-                pruning_ratio_dict={modules[n.rpartition(".")[0]]: r for n, r in ratios.items()},
-                ignored_layers=[model.get_classifier()])
-            groups = []
-            for group in pruner.step(interactive=True):
-                dep, idxs = group[0]
-                groups.append(CutGroup(names[dep.target.module], tuple(sorted(int(i) for i in idxs))))
-                group.prune()
-    except Exception as exc:  # noqa: BLE001 - Torch-Pruning's tracing fails in many ways on unsupported graphs
-        detail = " ".join(str(exc).split())[:200]
-        raise CutError(f"Torch-Pruning cannot cut {label} ({type(exc).__name__}: {detail})") from exc
+    groups = []
+    with torch_pruning(label):
+        pruner = tp.pruner.MetaPruner(
+            model, example, importance=scorer, pruning_ratio=0.0, round_to=round_to,
+            pruning_ratio_dict={modules[n.rpartition(".")[0]]: r for n, r in ratios.items()},
+            ignored_layers=[model.get_classifier()])
+        for group in pruner.step(interactive=True):
+            dep, idxs = group[0]
+            groups.append(CutGroup(names[dep.target.module], tuple(sorted(int(i) for i in idxs))))
+            group.prune()
     forward_or_explain(model, example, label, "the cut")
     return model, Cut(tuple(groups), round_to)
 
@@ -163,29 +191,19 @@ def global_cut(model: nn.Module, example: torch.Tensor, macs_reduction: float, *
 
     if not 0 < macs_reduction < 1:
         raise CutError(f"a MAC reduction must be in (0, 1), got {macs_reduction:g}")
+    scorer = IMPORTANCES.get(importance)()
     base_macs, _ = macs_and_params(model, example)
     before = channel_counts(model)
-    head = {f"{n}.weight" for n, m in model.named_modules() if m is model.get_classifier()}
-    low, high, best = 0.0, 0.95, None
-    for _ in range(steps):
-        ratio = (low + high) / 2
+    head = classifier_weights(model)
+
+    def run(ratio):
         trial = _copy_with_grads(model)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tp.pruner.MetaPruner(trial, example, importance=IMPORTANCES.get(importance)(), pruning_ratio=ratio,
-                                     global_pruning=True, round_to=round_to,
-                                     ignored_layers=[trial.get_classifier()]).step()
-        except Exception as exc:  # noqa: BLE001 - as in cut_model
-            detail = " ".join(str(exc).split())[:200]
-            raise CutError(f"Torch-Pruning cannot cut {label} ({type(exc).__name__}: {detail})") from exc
+        with torch_pruning(label):
+            tp.pruner.MetaPruner(trial, example, importance=scorer, pruning_ratio=ratio, global_pruning=True,
+                                 round_to=round_to, ignored_layers=[trial.get_classifier()]).step()
         forward_or_explain(trial, example, label, "a global cut")
         achieved = 1 - macs_and_params(trial, example)[0] / base_macs
         after = channel_counts(trial)
-        candidate = GlobalCut({n: 1 - after[n] / before[n] for n in before if n not in head}, achieved, ratio)
-        if best is None or abs(achieved - macs_reduction) < abs(best.macs_reduction - macs_reduction):
-            best = candidate
-        if abs(achieved - macs_reduction) <= tolerance:
-            break
-        low, high = (ratio, high) if achieved < macs_reduction else (low, ratio)
-    return best
+        return achieved, GlobalCut({n: 1 - after[n] / before[n] for n in before if n not in head}, achieved, ratio)
+
+    return bisect_to(macs_reduction, run, 0.0, 0.95, steps=steps, tolerance=tolerance)

@@ -19,7 +19,7 @@ from torch import nn
 
 from mixprune.errors import CutError
 
-from .cut import channel_counts, cut_model, global_cut, macs_and_params
+from .cut import bisect_to, channel_counts, cut_model, global_cut, macs_and_params
 from .ranges import RuleTable, layer_ranges
 from .roles import Layer, discover_layers
 
@@ -68,20 +68,12 @@ def shift_to_macs(model: nn.Module, example: torch.Tensor, ratios: dict[str, flo
                            round_to=round_to, label=label)
         return 1 - macs_and_params(cut, example)[0] / base
 
-    lo, hi = -1.0, 1.0
-    reach = reduction(hi)
+    reach = reduction(1.0)
     if reach < target:
         raise CutError(f"a MAC reduction of {target:g} is out of reach for {label}: with every layer cut by "
                        f"{MAX_CHANNEL_RATIO:.0%} of its channels (or down to {round_to}) the MACs drop by {reach:.3f}")
-    best = (abs(reach - target), hi)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        got = reduction(mid)
-        best = min(best, (abs(got - target), mid))
-        if abs(got - target) <= tolerance:
-            break
-        lo, hi = (mid, hi) if got < target else (lo, mid)
-    return shifted(best[1])
+    offset = bisect_to(target, lambda x: (reduction(x), x), -1.0, 1.0, steps=steps, tolerance=tolerance)
+    return shifted(offset)
 
 
 def matched_baselines(model: nn.Module, example: torch.Tensor, macs_reduction: float, *, round_to: int = 8,

@@ -42,7 +42,7 @@ def test_agent_interleaves_models_in_one_process(tmp_path):
     assert paired.quartiles(ratios)["median"] > 2  # 64x the work of the small one
 
 
-def test_interleaving_needs_two_models_and_valid_rounds(tmp_path):
+def test_interleaving_refuses_zero_rounds(tmp_path):
     code, r = interleave([conv_model(tmp_path / "a.onnx", batch=1)] * 2, rounds=0)
     assert code == 2 and "rounds=0" in r["error"]
 
