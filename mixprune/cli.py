@@ -12,7 +12,7 @@ import sys
 import click
 
 from .config import (BASELINES, EXECUTORS, FIELDS, MODES, OBJECTIVES, QUANTIZE, QUICK_DEFAULTS, RUN_DEFAULTS,
-                     SIGNALS, STORAGES, RunConfig, resolve_resume, run_presets)
+                     SIGNALS, STORAGES, STRUCTURED_BASELINES, RunConfig, resolve_resume, run_presets)
 from .devices.fields import MB
 from .errors import MixpruneError
 
@@ -160,6 +160,17 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "targets": ("--targets", dict(default=FROM_CONFIG, callback=_ratio_list,
                                   help="Global sparsities of the range-finding runs (comma list).")),
     "sparsity": ("--sparsity", dict(type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")),
+    "macs_targets": ("--macs-targets", dict(default=FROM_CONFIG, callback=_ratio_list,
+                                            help="Structured mode: MAC reductions of the range-finding global "
+                                                 "channel runs (comma list).")),
+    "macs_reduction": ("--macs-reduction", dict(type=float, help="Structured mode: shift every strategy so its cut "
+                                                                 "removes this share of the MACs (e.g. 0.5).")),
+    "structured_baselines": ("--structured-baselines", dict(
+        default=FROM_CONFIG, help=f"Structured mode's matched baselines at the same MACs: a comma list of "
+                                  f"{', '.join(STRUCTURED_BASELINES)} (Torch-Pruning's global magnitude and "
+                                  f"Taylor, one ratio for every layer).")),
+    "round_to": ("--round-to", dict(type=int, default=FROM_CONFIG,
+                                    help="Structured mode: keep channel counts multiples of this.")),
     "rules": ("--rules", dict(type=click.Path(dir_okay=False),
                               help="Your own rule table (TOML) instead of the built-in one.")),
     "calib_fraction": ("--calib-fraction", dict(type=float, default=FROM_CONFIG,
@@ -186,10 +197,12 @@ OPTIONS: dict[str, tuple[str, dict]] = {
                                          "(<model>+int8u: uint8 activations, <model>+int8: int8 ones): none, "
                                          "static (uint8, the faster type on x86) or auto (both; the bench decides).")),
     "export_top": ("--export-top", dict(type=int, default=FROM_CONFIG,
-                                        help="Export and bench the K best candidates within --max-drop.")),
+                                        help="Export and bench the K best candidates of each family (unstructured, "
+                                             "structured) within --max-drop.")),
     "bench_runs": ("--bench-runs", dict(type=int, show_default="the device profile's", help="Timed runs per model.")),
     "mode": ("--mode", dict(type=click.Choice(MODES), default=FROM_CONFIG,
-                            help=f"Pruning mode; {FIELDS['mode'].note}.")),
+                            help="unstructured: zeros in the weights (smaller files, dense speed); structured: "
+                                 "whole channels cut (smaller, faster models); both: the two families side by side.")),
     "executor": ("--executor", dict(type=click.Choice(EXECUTORS), default=FROM_CONFIG,
                                     help=f"Where stages run; {FIELDS['executor'].note}.")),
     "quick": ("--quick", dict(is_flag=True, default=None,
@@ -222,8 +235,8 @@ def _options(defaults: dict, *names: str, **changes: dict):
 # --- prune ----------------------------------------------------------------------------
 @main.command()
 @_options(CONFIG_DEFAULTS, "model", "data", "out", "checkpoint", "pretrained", "pretrained_file", "model_args",
-          "img_size", "train_epochs", "train_lr", "signals", "baselines", "targets", "sparsity", "rules",
-          "calib_fraction", "recalibrate", "finetune_epochs", "finetune_top", "finetune_lr", "seed",
+          "img_size", "train_epochs", "train_lr", "mode", "signals", "baselines", "targets", "sparsity",
+          "macs_targets", "macs_reduction", "structured_baselines", "round_to", "rules", "calib_fraction", "recalibrate", "finetune_epochs", "finetune_top", "finetune_lr", "seed",
           "config_file", "resume",
           out={"help": "Run directory to create, e.g. runs/demo (required: here or in --config)."})
 @click.pass_context
@@ -235,6 +248,9 @@ def prune(ctx, config_file, resume, **flags):
     candidates/<cid>/ (strategy.json, eval.json, and the weights as masks over
     the dense ones: masks/state.safetensors, values.safetensors once fine-tuned)
     for 3 signals x 10 strategies plus matched global baselines.
+    With --mode structured (or both), also candidates/st-<signal>-<strategy>/:
+    whole channels cut (cut.json + weights.safetensors of the smaller model),
+    and st-base-<mag|taylor|uniform>-m<MAC reduction %> baselines at the same MACs.
     """
     from .pruning.stage import run_prune
 
@@ -246,8 +262,9 @@ def prune(ctx, config_file, resume, **flags):
     if not config.out:
         raise click.UsageError("--out is required (the run directory to write), e.g. --out runs/demo")
     summary = run_prune(config, resume=resume)
-    click.echo(f"{summary['mixmatch']} Mix-and-Match candidates and {summary['baselines']} baselines in "
-               f"{config.out}; best before export: {summary['best']} (dense accuracy {summary['dense_accuracy']:.3f})")
+    click.echo(f"{summary['mixmatch']} Mix-and-Match candidates, {summary['structured']} structured ones and "
+               f"{summary['baselines']} baselines in {config.out}; best before export: {summary['best']} "
+               f"(dense accuracy {summary['dense_accuracy']:.3f})")
 
 
 
@@ -469,7 +486,8 @@ def verify(bundle):
 
 @main.command()
 @_options(RUN_FLAG_DEFAULTS, "model", "data", "checkpoint", "devices", "max_drop", "objective", "out", "img_size",
-          "train_epochs", "signals", "sparsity", "finetune_epochs", "finetune_top", "export_top", "storage",
+          "train_epochs", "signals", "sparsity", "macs_reduction", "finetune_epochs", "finetune_top", "export_top",
+          "storage",
           "quantize", "bench_runs", "seed", "mode", "executor", "quick", "config_file", "resume",
           out={"show_default": "runs/<model>-<data>"})
 @click.option("--force", is_flag=True, help="Delete an existing run in --out and start over.")

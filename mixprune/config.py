@@ -15,11 +15,15 @@ from .settings import Field, check, read_toml
 
 SIGNALS = tuple(scores.SIGNALS.names())  # the registries of pruning/scores.py are the one source
 BASELINES = tuple(scores.BASELINES.names())
+STRUCTURED_BASELINES = tuple(scores.STRUCTURED_BASELINES.names())
 OBJECTIVES = ("latency", "size", "memory")
 STORAGES = ("dense", "sparse")
-# Seams for later issues: the values that exist today, used by both FIELDS and the CLI's choices
-# (FIELDS' notes on "mode" and "executor" name the values later issues add).
-MODES = ("unstructured",)
+# --mode: zeros in the weights (the paper's method), whole channels cut (the method on channel groups:
+# pruning/structured.py), or both families side by side.
+MODE_FAMILIES = {"unstructured": ("unstructured",), "structured": ("structured",),
+                 "both": ("unstructured", "structured")}
+MODES = tuple(MODE_FAMILIES)
+# Seam for a later issue: the values that exist today (FIELDS' note on "executor" names what it adds).
 # --quantize: which INT8 variants each model gets, by activation type (exporter/quantize.py).
 # static: the type measured fastest on this x86 host (uint8); auto: both, the bench decides.
 QUANTIZE = {"none": (), "static": ("uint8",), "auto": ("int8", "uint8")}
@@ -51,6 +55,11 @@ class RunConfig:
     baselines: tuple = scores.global_methods()  # the paper's MAG, SNIP and GraSP
     targets: tuple = (0.7, 0.8, 0.9)
     sparsity: float | None = None
+    # structured pruning (--mode structured or both)
+    macs_targets: tuple = (0.3, 0.5, 0.7)
+    macs_reduction: float | None = None
+    structured_baselines: tuple = STRUCTURED_BASELINES
+    round_to: int = 8
     rules: str | None = None
     recalibrate: bool = True
     recal_samples: int = 512
@@ -58,14 +67,14 @@ class RunConfig:
     finetune_top: int = 3
     finetune_lr: float = 1e-4
     finetune_patience: int = 3
-    # later stages (seams: MODES and EXECUTORS say what exists today)
+    # later stages (a seam: EXECUTORS says what exists today)
     out: str | None = None
     devices: tuple = ("host",)
     max_drop: float = 1.0
     objective: str = "latency"
     storage: str = "dense"
     quantize: str = "none"
-    export_top: int = 2  # `mixprune run`: export, quantize and bench the K best candidates within --max-drop
+    export_top: int = 2  # `mixprune run`: export, quantize and bench the K best of each family within --max-drop
     bench_runs: int | None = None  # None: the device profile's
     bench_warmup: int | None = None
     quick: bool = False
@@ -122,6 +131,10 @@ FIELDS: dict[str, Field] = {
     "targets": Field("numbers", range="[0, 1)", nonempty=True),
     "sparsity": Field("number", range=f"[0, {MAX_SHIFTED_RATIO}]", optional=True,
                       note=f"every layer is capped at {MAX_SHIFTED_RATIO:.0%}"),
+    "macs_targets": Field("numbers", range="(0, 1)", nonempty=True),
+    "macs_reduction": Field("number", range="(0, 1)", optional=True),
+    "structured_baselines": Field("names", choices=STRUCTURED_BASELINES),
+    "round_to": Field("int", range=">= 1", note="channels"),
     "rules": Field("str", optional=True),
     "recalibrate": Field("bool"),
     "recal_samples": Field("int", range=">= 1"),
@@ -140,7 +153,7 @@ FIELDS: dict[str, Field] = {
     "bench_runs": Field("int", range=">= 1", optional=True),
     "bench_warmup": Field("int", range=">= 0", optional=True),
     "quick": Field("bool"),
-    "mode": Field("str", choices=MODES, note="later issues add structured and both"),
+    "mode": Field("str", choices=MODES),
     "executor": Field("str", choices=EXECUTORS, note="a later issue adds ray"),
 }
 assert set(FIELDS) == RunConfig.field_names(), "FIELDS and RunConfig disagree"
@@ -205,8 +218,10 @@ def resolve_resume(toml_file: str | None, explicit: dict, presets: tuple = ()) -
     from_file = set(load_toml(toml_file)) if toml_file else set()
     names = {k: flag_label(k) for k in explicit}  # a flag wins over the same key in the file
     names.update({k: f"{k} in {toml_file}" for k in from_file - set(explicit)})
-    clashes = sorted(label for k, label in names.items() if k in stored and requested.get(k) != stored[k])
+    # the run is where --out says: a run directory moved or copied elsewhere resumes there
+    clashes = sorted(label for k, label in names.items()
+                     if k != "out" and k in stored and requested.get(k) != stored[k])
     if clashes:
         raise ConfigError(f"--resume: {', '.join(clashes)} differ from the run in {out}; "
                           f"drop those settings or start a new run with another --out")
-    return RunConfig.build(**{k: v for k, v in stored.items() if k in RunConfig.field_names()})
+    return RunConfig.build(**{**{k: v for k, v in stored.items() if k in RunConfig.field_names()}, "out": str(out)})

@@ -10,6 +10,7 @@ stage and experiments rebuild cut models from here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 
@@ -44,16 +45,22 @@ class Cut:
             raise CutError(f"a malformed cut record ({type(exc).__name__}: {exc})") from exc
 
 
-def forward_or_explain(model, example, label: str, after: str):
-    import torch
-
+@contextlib.contextmanager
+def explained(label: str, after: str):
+    """Around running a cut model: its failure becomes one CutError line."""
     try:
-        with torch.no_grad():
-            return model(example)
+        yield
     except Exception as exc:  # noqa: BLE001 - the model's own forward raises whatever its layers raise
         detail = " ".join(str(exc).split())[:200]
         raise CutError(f"{label} does not run after {after} ({type(exc).__name__}: {detail}); Torch-Pruning "
                        "cannot cut this architecture as it is") from exc
+
+
+def forward_or_explain(model, example, label: str, after: str):
+    import torch
+
+    with explained(label, after), torch.no_grad():
+        return model(example)
 
 
 def replay_cut(model, example, cut: Cut, label: str = "the model") -> None:

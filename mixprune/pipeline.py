@@ -7,11 +7,12 @@ weights did not change are reused, a device whose benchmark finished is not meas
 benchmark run), and ranking and release are cheap and deterministic.
 
 To fit the time budget, `run` exports and benchmarks only the ``export_top`` best
-candidates that pass the accuracy constraint (``max_drop``); the others stay in the
-ranking with their reason. "Best" uses what is known before export: tune accuracy for the
-latency and memory objectives (unstructured candidates all run at the dense model's speed
-on onnxruntime's CPU provider, so accuracy decides among them), global sparsity for the
-size objective. `mixprune export` / `bench` on the directory still do every candidate.
+candidates of each family (unstructured, structured) that pass the accuracy constraint
+(``max_drop``); the others stay in the ranking with their reason. "Best" uses what is known
+before export: tune accuracy for the latency and memory objectives (unstructured candidates
+all run at the dense model's speed on onnxruntime's CPU provider, and structured ones cut to
+one --macs-reduction at about the same speed, so accuracy decides within a family), global
+sparsity for the size objective. `mixprune export` / `bench` on the directory still do every candidate.
 """
 
 from __future__ import annotations
@@ -33,25 +34,29 @@ def default_out(config: RunConfig) -> str:
 
 
 def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[str, str]]:
-    """The candidates `run` exports, and a note for each one within --max-drop it leaves out."""
+    """The candidates `run` exports (the ``export_top`` best of each family), and a note for each one
+    within --max-drop it leaves out."""
     dense, _ = accuracy_of(run.dense.read_eval(), SELECTION_SPLIT)
-    passing = []
+    families: dict[str, list] = {}
     for cid, folder in run.torch_models().items():
         if cid == DENSE:
             continue
         accuracy, _ = accuracy_of(folder.read_eval(), SELECTION_SPLIT)
         if (dense - accuracy) * 100 <= config.max_drop + 1e-9:
-            passing.append((cid, accuracy, folder.read_strategy()["global_sparsity"]))
-    if config.objective == "size":
-        passing.sort(key=lambda c: (-c[2], -c[1], c[0]))
-        proxy = "global sparsity"
-    else:
-        passing.sort(key=lambda c: (-c[1], c[0]))
-        proxy = "tune accuracy"
-    chosen = [c[0] for c in passing[: config.export_top]]
-    note = (f"not exported by `mixprune run` (it exports the {config.export_top} best by {proxy} within --max-drop, "
-            f"--export-top); run `mixprune export {run.root} --candidate CID`, bench, then `mixprune rank`")
-    return chosen, {c[0]: note.replace("CID", c[0]) for c in passing[config.export_top:]}
+            strategy = folder.read_strategy()
+            families.setdefault(strategy.get("mode", "unstructured"), []).append(
+                (cid, accuracy, strategy["global_sparsity"]))
+    proxy = "global sparsity" if config.objective == "size" else "tune accuracy"
+    chosen, left = [], []
+    for family in sorted(families):
+        passing = families[family]
+        passing.sort(key=(lambda c: (-c[2], -c[1], c[0])) if config.objective == "size" else (lambda c: (-c[1], c[0])))
+        chosen += [c[0] for c in passing[: config.export_top]]
+        left += [c[0] for c in passing[config.export_top:]]
+    note = (f"not exported by `mixprune run` (of each family, unstructured and structured, it exports the "
+            f"{config.export_top} best by {proxy} within --max-drop, --export-top); run "
+            f"`mixprune export {run.root} --candidate CID`, bench, then `mixprune rank`")
+    return chosen, {cid: note.replace("CID", cid) for cid in left}
 
 
 def rank_and_report(run_dir, *, max_drop: float, devices=(), objective: str = "latency",

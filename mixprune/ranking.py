@@ -343,8 +343,10 @@ def versus_dense(row: dict, device: str, bands: dict, dense: dict | None) -> dic
 
 
 def format_of(row: dict) -> str:
-    """``fp32``, or ``int8-<activation type>`` for an INT8 variant."""
-    return f"int8-{row['activation']}" if row["kernels"] == "int8" else row["kernels"]
+    """``fp32``, or ``int8-<activation type>`` for an INT8 variant; prefixed ``structured `` for the
+    structured family (channel-cut models and their INT8 variants)."""
+    kernels = f"int8-{row['activation']}" if row["kernels"] == "int8" else row["kernels"]
+    return kernels if row["mode"] == "unstructured" else f"{row['mode']} {kernels}"
 
 
 def format_summary(device: str, rows: list[dict], bands: dict) -> dict:

@@ -19,8 +19,9 @@ from .errors import RunDirError
 from .runs import RunDir, atomic_write_bytes
 
 MARKERS = {"magnitude": "o", "gradient": "s", "product": "^", "mag": "x", "snip": "+", "grasp": "1", "uniform": "2"}
+STRUCTURED_MARKERS = {"magnitude": "h", "gradient": "p", "product": "v", "mag": "X", "taylor": "*", "uniform": "3"}
 COLORS = {"magnitude": "#9467bd", "gradient": "#d62728", "product": "#8c564b", "mag": "#ff7f0e", "snip": "#2ca02c",
-          "grasp": "#1f77b4", "uniform": "#7f7f7f"}
+          "grasp": "#1f77b4", "uniform": "#7f7f7f", "taylor": "#e377c2"}
 CHOSEN = dict(s=260, facecolors="none", edgecolors="#d62728", linewidths=2.2, zorder=5)
 
 
@@ -35,16 +36,22 @@ def _plt():
 
 # INT8 variants, one series per activation type, whatever their parent
 INT8_STYLE = {"uint8": ("D", "#17becf"), "int8": ("P", "#bcbd22")}
+STRUCTURED_INT8_MARKERS = {"uint8": "d", "int8": "8"}
 
 
 def _series(row: dict) -> tuple[str, str, str]:
-    """(label, marker, color) of a candidate's series on the plots."""
+    """(label, marker, color) of a candidate's series on the plots; the structured family's series are
+    named so and drawn with markers of their own, beside the unstructured ones."""
+    structured = row["mode"] == "structured"
+    family = "structured " if structured else ""
     if row["kind"] == "int8":
         marker, color = INT8_STYLE.get(row["activation"], ("*", "black"))
-        return f"INT8, {row['activation']} activations", marker, color
-    label = (f"Mix-and-Match {row['signal']}" if row["kind"] == "mixmatch"
-             else f"global {row['signal'].upper()} baseline")
-    return label, MARKERS.get(row["signal"], "o"), COLORS.get(row["signal"])
+        marker = STRUCTURED_INT8_MARKERS.get(row["activation"], marker) if structured else marker
+        return f"{family}INT8, {row['activation']} activations", marker, color
+    label = (f"{family}Mix-and-Match {row['signal']}" if row["kind"] in ("mixmatch", "structured")
+             else f"{family}{'global ' if row['strategy'] == 'global' else ''}{row['signal'].upper()} baseline")
+    markers = STRUCTURED_MARKERS if structured else MARKERS
+    return label, markers.get(row["signal"], "o"), COLORS.get(row["signal"], "#444444")
 
 
 def _scatter_groups(ax, rows, x, y):
@@ -83,8 +90,8 @@ def plot_sparsity(ax, ranking):
     rows = [r for r in ranking["candidates"] if r["kernels"] == "fp32"]
     _scatter_groups(ax, rows, lambda r: r["global_sparsity"] * 100, lambda r: r["accuracy"] * 100)
     _finish(ax, ranking, rows, lambda r: r["global_sparsity"] * 100, lambda r: r["accuracy"] * 100,
-            "global sparsity (%)", "Accuracy vs sparsity: Mix-and-Match and matched global baselines\n"
-            "(below the view: collapsed candidates)")
+            "prunable weights zeroed or cut away (%)", "Accuracy vs sparsity: Mix-and-Match and matched baselines, "
+            "unstructured and structured\n(below the view: collapsed candidates)")
 
 
 def plot_device(ax, ranking, device, metric):
@@ -114,17 +121,20 @@ def plot_layers(ax, ranking, strategies: dict):
         ax.set_axis_off()
         return
     layers = strategies[chosen]["layers"]
+    structured = strategies[chosen].get("mode") == "structured"
     names = list(layers)
     ax.bar(range(len(names)), [layers[n] * 100 for n in names], color="#1f77b4", label=chosen)
-    base = next((b for b in strategies[chosen].get("baselines", []) if b.startswith("base-mag") and b in strategies), None)
+    prefix = "st-base-mag" if structured else "base-mag"
+    base = next((b for b in strategies[chosen].get("baselines", []) if b.startswith(prefix) and b in strategies), None)
     if base:
         ax.plot(range(len(names)), [strategies[base]["layers"].get(n, 0) * 100 for n in names], "k.", ms=5,
-                label=f"{base} (global magnitude, same sparsity)")
+                label=f"{base} (global magnitude, same {'MACs' if structured else 'sparsity'})")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
-    ax.set_ylabel("sparsity (%)")
+    what = "output channels cut" if structured else "sparsity"
+    ax.set_ylabel(f"{what} (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"Per-layer sparsity of {chosen}", fontsize=10)
+    ax.set_title(f"Per-layer {what} of {chosen}", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
 
@@ -215,29 +225,32 @@ def _candidate_table(ranking: dict) -> str:
 
 
 def _baseline_table(ranking: dict) -> str:
-    """Each Mix-and-Match candidate against the best global baseline at its sparsity, both before fine-tuning."""
+    """Each Mix-and-Match candidate against the best baseline matched to it (the same sparsity, or for
+    structured ones the same MACs), both before fine-tuning."""
     by_id = {r["cid"]: r for r in ranking["candidates"]}
-    rows, wins, total = [], 0, 0
-    mixmatch = (r for r in ranking["candidates"] if r["kind"] == "mixmatch")
-    for r in sorted(mixmatch, key=lambda r: (-r["accuracy_pruned"], r["cid"])):
+    rows, score = [], {}
+    mixmatch = (r for r in ranking["candidates"] if r["kind"] in ("mixmatch", "structured"))
+    for r in sorted(mixmatch, key=lambda r: (r["mode"] != "unstructured", -r["accuracy_pruned"], r["cid"])):
         bases = [by_id[b] for b in r["baselines"] if b in by_id]
         if not bases:
             continue
         best = max(bases, key=lambda b: (b["tune_accuracy_pruned"], b["cid"]))  # picked on tune, shown held-out
         delta = (r["accuracy_pruned"] - best["accuracy_pruned"]) * 100
-        total += 1
-        wins += delta >= 0
-        rows.append(f"<tr><td class=l>{_e(r['cid'])}</td><td>{r['global_sparsity'] * 100:.1f}</td>"
+        wins, total = score.get(r["mode"], (0, 0))
+        score[r["mode"]] = (wins + (delta >= 0), total + 1)
+        rows.append(f"<tr><td class=l>{_e(r['cid'])}</td><td class=l>{_e(r['mode'])}</td>"
+                    f"<td>{r['global_sparsity'] * 100:.1f}</td>"
                     f"<td>{r['accuracy_pruned'] * 100:.2f}</td><td class=l>{_e(best['cid'])}</td>"
                     f"<td>{best['accuracy_pruned'] * 100:.2f}</td><td>{delta:+.2f}</td></tr>")
     if not rows:
         return "<p>No matched baselines in this run.</p>"
-    return (f"<p>Mix-and-Match matches or beats the best global method at the same sparsity in <b>{wins} of {total}</b> "
-            "cases, both measured before fine-tuning (pruned, normalization re-estimated), so that "
-            "fine-tuning only some of them does not tilt the comparison; the figure above and the ranking use "
-            "the fine-tuned accuracy where there is one.</p><table><tr><th class=l>candidate</th>"
-            "<th>sparsity %</th><th>held-out accuracy %</th><th class=l>best matched baseline (on tune)</th>"
-            "<th>its held-out accuracy %</th>"
+    counts = "; ".join(f"{mode}: <b>{wins} of {total}</b>" for mode, (wins, total) in score.items())
+    return (f"<p>Mix-and-Match matches or beats the best baseline matched to it (the same sparsity; structured: "
+            f"the same MACs) in {counts} cases, both measured before fine-tuning (pruned, normalization "
+            "re-estimated), so that fine-tuning only some of them does not tilt the comparison; the figure above "
+            "and the ranking use the fine-tuned accuracy where there is one.</p><table><tr><th class=l>candidate</th>"
+            "<th class=l>family</th><th>weights zeroed or cut %</th><th>held-out accuracy %</th>"
+            "<th class=l>best matched baseline (on tune)</th><th>its held-out accuracy %</th>"
             f"<th>difference pt</th></tr>{''.join(rows)}</table>")
 
 

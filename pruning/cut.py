@@ -14,16 +14,19 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import time
 import warnings
 
 import torch
 from torch import nn
 
-from mixprune.cuts import Cut, CutGroup, forward_or_explain
+from mixprune.cuts import Cut, CutGroup, explained, forward_or_explain
 from mixprune.errors import CutError
 from mixprune.registry import Registry
 
 from .roles import discover_layers
+
+MAX_GLOBAL_RATIO = 0.95  # the largest global channel ratio a global run tries
 
 # How a group of coupled channels is scored (Torch-Pruning's group importances), by signal.
 IMPORTANCES: Registry = Registry("structured importance", CutError)
@@ -85,7 +88,7 @@ def torch_pruning(label: str):
 
 def bisect_to(target: float, measure, low: float, high: float, *, steps: int, tolerance: float):
     """The result of ``measure(x)`` -> (achieved, result) closest to ``target``, bisecting x in
-    [low, high] (``achieved`` grows with x) until within ``tolerance`` or ``steps`` probes."""
+    [low, high] (``achieved`` grows with x near the target) until within ``tolerance`` or ``steps`` probes."""
     best = None
     for _ in range(steps):
         x = (low + high) / 2
@@ -95,6 +98,32 @@ def bisect_to(target: float, measure, low: float, high: float, *, steps: int, to
         if abs(achieved - target) <= tolerance:
             break
         low, high = (x, high) if achieved < target else (low, x)
+    return best[1]
+
+
+def solve_for(target: float, measure, low: tuple, high: tuple, *, steps: int, tolerance: float):
+    """The result of ``measure(x)`` -> (achieved, result) closest to ``target``, for x in a bracket whose
+    ends are given measured, ``low`` = (x, (achieved, result)) and ``high`` alike (``achieved`` grows
+    with x everywhere). Regula falsi, Illinois variant: the MACs of a cut change smoothly with the ratio but in
+    steps (channel rounding), which stalls plain false position; halving the stuck end's value does
+    not. Stops within ``tolerance`` or after ``steps`` probes."""
+    (x_lo, best_lo), (x_hi, best_hi) = low, high
+    f_lo, f_hi = best_lo[0] - target, best_hi[0] - target
+    best = min(best_lo, best_hi, key=lambda pair: abs(pair[0] - target))
+    stuck = 0  # +1: the high end moved last, -1: the low end did
+    for _ in range(steps):
+        if abs(best[0] - target) <= tolerance or f_hi == f_lo:
+            break
+        x = x_hi - f_hi * (x_hi - x_lo) / (f_hi - f_lo)
+        achieved, result = measure(x)
+        if abs(achieved - target) < abs(best[0] - target):
+            best = (achieved, result)
+        if achieved < target:
+            x_lo, f_lo = x, achieved - target
+            f_hi, stuck = (f_hi / 2 if stuck == -1 else f_hi), -1
+        else:
+            x_hi, f_hi = x, achieved - target
+            f_lo, stuck = (f_lo / 2 if stuck == 1 else f_lo), 1
     return best[1]
 
 
@@ -133,34 +162,97 @@ def _copy_with_grads(model: nn.Module) -> nn.Module:
     return copied
 
 
-def cut_model(model: nn.Module, example: torch.Tensor, ratios: dict[str, float], *, importance: str = "magnitude",
-              round_to: int = 8, label: str = "the model") -> tuple[nn.Module, Cut]:
-    """A copy of ``model`` with channels removed, and the record that replays the cut (``model``
-    itself is left alone, so a cut that fails leaves nothing half-cut behind).
+def _group_key(group, names: dict) -> tuple[str, str]:
+    dep, _ = group[0]
+    return names[dep.target.module], getattr(dep.handler, "__name__", type(dep.handler).__name__)
 
-    The classifier keeps its outputs (the classes) and no layer loses input channels of the
-    image (Torch-Pruning only ever cuts what feeds from a cut layer). For ``product``,
-    gradients must be in ``model``'s ``.grad`` already.
-    """
+
+@dataclasses.dataclass(frozen=True)
+class GroupScores:
+    """One importance's score of each output channel of every coupled group of the uncut model, by the
+    group's root (module name, pruning function). Every cut, probe and global run of a model starts
+    from its uncut weights, so each group is scored once and then looked up."""
+
+    importance: str
+    scores: dict[tuple[str, str], torch.Tensor | None]
+
+    def on(self, model: nn.Module):
+        """The importance function Torch-Pruning calls on groups of ``model`` (an uncut copy)."""
+        names = {module: name for name, module in model.named_modules()}
+
+        def lookup(group):
+            key = _group_key(group, names)
+            if key not in self.scores:
+                raise CutError(f"no {self.importance} score for the channel group rooted at {key[0]}")
+            return self.scores[key]
+
+        return lookup
+
+
+def score_groups(model: nn.Module, example: torch.Tensor, importance: str, *, round_to: int = 8,
+                 label: str = "the model") -> GroupScores:
+    """Score every channel group of ``model`` with ``importance`` (for ``gradient`` and ``product``
+    the gradients must be in ``model``'s ``.grad``): one pass of Torch-Pruning's global ranking, which
+    scores every group, with nothing cut."""
     import torch_pruning as tp
 
-    _check_ratios(model, ratios, round_to, label)
     scorer = IMPORTANCES.get(importance)()
-    model = _copy_with_grads(model)
-    modules = dict(model.named_modules())
-    names = {module: name for name, module in modules.items()}
-    groups = []
+    trial = _copy_with_grads(model)
+    names = {module: name for name, module in trial.named_modules()}
+    recorded = {}
+
+    def record(group):
+        recorded[_group_key(group, names)] = value = scorer(group)
+        return value
+
     with torch_pruning(label):
-        pruner = tp.pruner.MetaPruner(
-            model, example, importance=scorer, pruning_ratio=0.0, round_to=round_to,
-            pruning_ratio_dict={modules[n.rpartition(".")[0]]: r for n, r in ratios.items()},
-            ignored_layers=[model.get_classifier()])
+        pruner = tp.pruner.MetaPruner(trial, example, importance=record, pruning_ratio=0.5, global_pruning=True,
+                                      round_to=round_to, ignored_layers=[trial.get_classifier()])
+        for _ in pruner.step(interactive=True):
+            pass  # scored, not cut
+    return GroupScores(importance, recorded)
+
+
+def _in_order(group) -> torch.Tensor:
+    """An importance for cuts whose channel counts matter and whose choice of channels does not."""
+    return torch.arange(len(group[0][1]), dtype=torch.float32)
+
+
+def _cut(model: nn.Module, example: torch.Tensor, importance, *, round_to: int, label: str,
+         ratios: dict[str, float] | None = None, global_ratio: float | None = None) -> list:
+    """Cut ``model`` in place, per layer (``ratios``) or globally (``global_ratio``); returns the groups
+    as Torch-Pruning pruned them, in order."""
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    per_layer = dict(pruning_ratio=0.0, pruning_ratio_dict={modules[n.rpartition(".")[0]]: r for n, r in ratios.items()}) \
+        if ratios is not None else dict(pruning_ratio=global_ratio, global_pruning=True)
+    pruned = []
+    with torch_pruning(label):
+        pruner = tp.pruner.MetaPruner(model, example, importance=importance, round_to=round_to,
+                                      ignored_layers=[model.get_classifier()], **per_layer)
         for group in pruner.step(interactive=True):
-            dep, idxs = group[0]
-            groups.append(CutGroup(names[dep.target.module], tuple(sorted(int(i) for i in idxs))))
+            pruned.append(group[0])
             group.prune()
+    return pruned
+
+
+def cut_model(model: nn.Module, example: torch.Tensor, ratios: dict[str, float], scores: GroupScores, *,
+              round_to: int = 8, label: str = "the model") -> tuple[nn.Module, Cut]:
+    """A copy of ``model`` with channels removed (``ratios``: the fraction of each named layer's output
+    channels, the lowest by ``scores``), and the record that replays the cut. ``model`` itself is left
+    alone, so a cut that fails leaves nothing half-cut behind.
+
+    The classifier keeps its outputs (the classes) and no layer loses input channels of the
+    image (Torch-Pruning only ever cuts what feeds from a cut layer).
+    """
+    _check_ratios(model, ratios, round_to, label)
+    model = copy.deepcopy(model).eval()
+    names = {module: name for name, module in model.named_modules()}
+    pruned = _cut(model, example, scores.on(model), ratios=ratios, round_to=round_to, label=label)
     forward_or_explain(model, example, label, "the cut")
-    return model, Cut(tuple(groups), round_to)
+    return model, Cut(tuple(CutGroup(names[dep.target.module], tuple(sorted(int(i) for i in idxs)))
+                            for dep, idxs in pruned), round_to)
 
 
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -173,6 +265,71 @@ def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
+class Blueprint:
+    """A copy of a model to cut for channel counts and MACs only (the bisections of phase 1 and of the
+    shift to a MAC reduction cut it hundreds of times). On torch's meta device a cut copies no weights,
+    but BatchNorm runs there through Python decompositions, so for small models and inputs a real copy
+    is faster: the first forward pass of each decides. Either gives the numbers a real cut would."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, label: str = "the model", device: str | None = None):
+        """``device`` "meta" or "cpu" for one of the two; None: the faster."""
+        self.label = label
+        copies = {"cpu": lambda: (copy.deepcopy(model).eval(), example[:1])}
+        copies["meta"] = lambda: (copy.deepcopy(model).to("meta").eval(), example[:1].to("meta"))
+        if device is not None:
+            self.model, self.example = copies[device]()
+        else:
+            made = [copies["cpu"]()]
+            with contextlib.suppress(Exception):  # a model with an op that has no meta kernel stays on the cpu
+                made.append(copies["meta"]())
+            self.model, self.example = min(made, key=lambda pair: _probe_seconds(*pair))
+        self.macs, self.params = macs_and_params(self.model, self.example)
+        self.counts = channel_counts(self.model)
+        self.head = classifier_weights(self.model)
+        self._global_runs: dict[tuple, GlobalCut] = {}  # bisections for nearby targets probe the same ratios
+
+    def global_run(self, channel_ratio: float, scores: GroupScores, round_to: int) -> GlobalCut:
+        """What Torch-Pruning's global pruning at ``channel_ratio`` (ranked by ``scores``) leaves."""
+        key = (scores.importance, round_to, channel_ratio)
+        if key not in self._global_runs:
+            trial = self.cut(global_ratio=channel_ratio, scores=scores, round_to=round_to)
+            self._global_runs[key] = GlobalCut(self.ratios(trial), self.macs_reduction(trial), channel_ratio)
+        return self._global_runs[key]
+
+    def cut(self, *, round_to: int, ratios: dict[str, float] | None = None, global_ratio: float | None = None,
+            scores: GroupScores | None = None) -> nn.Module:
+        """A cut copy: per layer (``ratios``; which channels does not matter for counts) or globally
+        (``global_ratio`` with ``scores``, which decide how much each layer loses)."""
+        trial = copy.deepcopy(self.model)
+        if ratios is not None:
+            _check_ratios(trial, ratios, round_to, self.label)
+        _cut(trial, self.example, _in_order if scores is None else scores.on(trial), ratios=ratios,
+             global_ratio=global_ratio, round_to=round_to, label=self.label)
+        return trial
+
+    def macs_reduction(self, cut: nn.Module) -> float:
+        with explained(self.label, "a cut"):
+            return 1 - macs_and_params(cut, self.example)[0] / self.macs
+
+    def ratios(self, cut: nn.Module) -> dict[str, float]:
+        """The fraction of its output channels each layer but the classifier lost in ``cut``."""
+        after = channel_counts(cut)
+        return {n: 1 - after[n] / self.counts[n] for n in self.counts if n not in self.head}
+
+
+def _probe_seconds(model: nn.Module, example: torch.Tensor) -> float:
+    """Seconds to copy ``model`` and run it once (after a first run that warms caches up); infinite when
+    it fails."""
+    try:
+        with torch.no_grad():
+            model(example)
+            start = time.perf_counter()
+            copy.deepcopy(model)(example)
+            return time.perf_counter() - start
+    except Exception:  # noqa: BLE001 - any op without a meta kernel
+        return float("inf")
+
+
 @dataclasses.dataclass(frozen=True)
 class GlobalCut:
     """What one global structured run (one importance, one MAC target) left in each layer."""
@@ -182,28 +339,18 @@ class GlobalCut:
     channel_ratio: float  # Torch-Pruning's global pruning_ratio that achieved it
 
 
-def global_cut(model: nn.Module, example: torch.Tensor, macs_reduction: float, *, importance: str = "magnitude",
-               round_to: int = 8, tolerance: float = 0.02, steps: int = 10, label: str = "the model") -> GlobalCut:
+def global_cut(blueprint: Blueprint, macs_reduction: float, scores: GroupScores, *, round_to: int = 8,
+               tolerance: float = 0.02, steps: int = 10) -> GlobalCut:
     """Torch-Pruning's global pruning (one importance threshold across layers) at the channel ratio that
     removes ``macs_reduction`` of the MACs (bisection, within ``tolerance``): the per-layer ratios it
     chose are Phase 1's global guidance, as a global magnitude run is for unstructured pruning."""
-    import torch_pruning as tp
-
     if not 0 < macs_reduction < 1:
         raise CutError(f"a MAC reduction must be in (0, 1), got {macs_reduction:g}")
-    scorer = IMPORTANCES.get(importance)()
-    base_macs, _ = macs_and_params(model, example)
-    before = channel_counts(model)
-    head = classifier_weights(model)
 
     def run(ratio):
-        trial = _copy_with_grads(model)
-        with torch_pruning(label):
-            tp.pruner.MetaPruner(trial, example, importance=scorer, pruning_ratio=ratio, global_pruning=True,
-                                 round_to=round_to, ignored_layers=[trial.get_classifier()]).step()
-        forward_or_explain(trial, example, label, "a global cut")
-        achieved = 1 - macs_and_params(trial, example)[0] / base_macs
-        after = channel_counts(trial)
-        return achieved, GlobalCut({n: 1 - after[n] / before[n] for n in before if n not in head}, achieved, ratio)
+        result = blueprint.global_run(ratio, scores, round_to)
+        return result.macs_reduction, result
 
-    return bisect_to(macs_reduction, run, 0.0, 0.95, steps=steps, tolerance=tolerance)
+    # bisection, not false position: at high channel ratios Torch-Pruning's global runs can remove less
+    # again (layers hit their limits), so the ends of the bracket say nothing
+    return bisect_to(macs_reduction, run, 0.0, MAX_GLOBAL_RATIO, steps=steps, tolerance=tolerance)

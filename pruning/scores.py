@@ -57,3 +57,16 @@ BASELINES.register("uniform")(Baseline(magnitude, "uniform"))  # magnitude withi
 def global_methods() -> tuple[str, ...]:
     """The global baselines, whose runs at the range-finding targets give each layer its range (Phase 1)."""
     return tuple(name for name in BASELINES.names() if BASELINES.get(name).strategy == "global")
+
+
+@dataclasses.dataclass(frozen=True)
+class StructuredBaseline:
+    importance: str  # the group importance that ranks channels (pruning/cut.py IMPORTANCES)
+    strategy: str  # "global": Torch-Pruning's global ranking; "uniform": the same channel ratio in every layer
+
+
+# Structured mode's matched baselines (pruning/structured.py), at the MACs of the candidates they match
+STRUCTURED_BASELINES: Registry[StructuredBaseline] = Registry("structured baseline")
+STRUCTURED_BASELINES.register("mag")(StructuredBaseline("magnitude", "global"))
+STRUCTURED_BASELINES.register("taylor")(StructuredBaseline("product", "global"))  # |w * dL/dw| per group
+STRUCTURED_BASELINES.register("uniform")(StructuredBaseline("magnitude", "uniform"))

@@ -19,6 +19,10 @@ GRASP_TEMPERATURE = 200.0  # GraSP's softened logits (Wang et al., 2020)
 _FD_STEP = 1e-3  # relative finite-difference step for Hessian-gradient products
 
 
+EMPTY_CALIBRATION = ("the calibration set is empty; raise --calib-fraction (calib_fraction in a --config file) "
+                     "or use more training data")
+
+
 def calibrate(model, calibration_set, weight_names: list[str], batch_size: int = 64) -> dict[str, dict[str, torch.Tensor]]:
     """One pass over the calibration set: {"grad": {name: g}, "hg": {name: Hg}}.
 
@@ -62,9 +66,26 @@ def calibrate(model, calibration_set, weight_names: list[str], batch_size: int =
             hg[name] += (up - down) / (2.0 * r)
         batches += 1
     if batches == 0:
-        raise DataError("the calibration set is empty; raise --calib-fraction (calib_fraction in a --config file) or use more training data")
+        raise DataError(EMPTY_CALIBRATION)
     model.train(was_training)
     return {"grad": grad, "hg": hg}
+
+
+def accumulate_gradients(model, calibration_set, batch_size: int = 64) -> None:
+    """Fill every parameter's ``.grad`` with dL/dw summed over calibration batches (``calibrate``'s g, for
+    every parameter): what the structured gradient and Taylor importances read (pruning/cut.py). The
+    weights and BatchNorm statistics stay as they are."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    batches = 0
+    for images, labels in track(make_loader(calibration_set, batch_size), "calibration gradients"):
+        loss_fn(model(images), labels).backward()
+        batches += 1
+    if batches == 0:
+        raise DataError(EMPTY_CALIBRATION)
+    model.train(was_training)
 
 
 def score_all(fn: ScoreFn, weights: dict[str, torch.Tensor], calibration: dict) -> dict[str, torch.Tensor]:

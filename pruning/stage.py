@@ -18,12 +18,12 @@ import zlib
 import torch
 
 from mixprune.accuracy import selection_accuracy
-from mixprune.config import RunConfig
+from mixprune.config import MODE_FAMILIES, RunConfig
 from mixprune.data import DataSpec, Splits, load_splits
-from mixprune.errors import RunDirError
-from mixprune.models import ModelSpec, build_model, load_state, load_weights, numpy_state
+from mixprune.errors import CutError, RunDirError
+from mixprune.models import ModelSpec, build_model, build_stored, load_state, load_weights, numpy_state
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import CandidateDir, RunDir, package_versions
+from mixprune.runs import CutDir, RunDir, package_versions
 from mixprune.training import evaluate, recalibrate_batchnorm, train
 
 from . import masks as masklib
@@ -33,6 +33,7 @@ from .roles import Layer, discover_layers, prunable_parameters
 from .scores import BASELINES, SIGNALS, ScoreFn, global_methods
 from .signals import calibrate, score_all
 from .strategies import STRATEGIES, shift_to_sparsity
+from .structured_stage import CutPlan, prune_structured
 
 
 def _rounded(ratios: dict[str, float]) -> dict[str, float]:
@@ -119,10 +120,10 @@ class Inputs:
     def sample_counts(self) -> dict:
         return {"samples": len(self.splits.val), "tune_samples": len(self.splits.tune)}
 
-    def accuracies(self, label: str, suffix: str = "") -> dict:
-        """Held-out and tune accuracy of the model as it is, under eval.json's keys ending in ``suffix``."""
-        return {f"accuracy{suffix}": evaluate(self.model, self.splits.val, description=f"{label}: accuracy"),
-                f"tune_accuracy{suffix}": evaluate(self.model, self.splits.tune, description=f"{label}: tune accuracy")}
+    def accuracies(self, model: torch.nn.Module, label: str, suffix: str = "") -> dict:
+        """Held-out and tune accuracy of ``model`` as it is, under eval.json's keys ending in ``suffix``."""
+        return {f"accuracy{suffix}": evaluate(model, self.splits.val, description=f"{label}: accuracy"),
+                f"tune_accuracy{suffix}": evaluate(model, self.splits.tune, description=f"{label}: tune accuracy")}
 
 
 def data_spec(config: RunConfig) -> DataSpec:
@@ -181,7 +182,7 @@ def dense_stage(inputs: Inputs) -> dict:
         training = train(inputs.model, inputs.splits.train, epochs=cfg.train_epochs, seed=cfg.seed,
                          tune_set=inputs.splits.tune, description="dense training", **recipe)
         training["recipe"] = recipe
-    measured = inputs.accuracies("dense")
+    measured = inputs.accuracies(inputs.model, "dense")
     dense.save_state(numpy_state(inputs.model))
     record = {**measured, "accuracy_raw": measured["accuracy"], "tune_accuracy_raw": measured["tune_accuracy"],
               "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
@@ -244,6 +245,17 @@ def recalibration_set(inputs: Inputs):
     return torch.utils.data.Subset(inputs.splits.train, sorted(order))
 
 
+def measure(inputs: Inputs, recal_set, model: torch.nn.Module, label: str) -> dict:
+    """Accuracies of a pruned ``model`` before (``*_raw``) and after normalization re-estimation (in place),
+    and whether it ran."""
+    raw = inputs.accuracies(model, label, "_raw")
+    if not inputs.config.recalibrate or not recalibrate_batchnorm(model, recal_set,
+                                                                  description=f"{label}: re-estimate BN"):
+        return {"accuracy": raw["accuracy_raw"], "tune_accuracy": raw["tune_accuracy_raw"], **raw,
+                "recalibrated": False}
+    return {**inputs.accuracies(model, f"{label} after BN"), **raw, "recalibrated": True}
+
+
 @dataclasses.dataclass
 class Pruner:
     """Phase 3 for one plan at a time: mask the dense model, re-estimate normalization, evaluate, store."""
@@ -259,16 +271,6 @@ class Pruner:
             self._scores[fn] = score_all(fn, self.dense_weights, self.calibration)
         return self._scores[fn]
 
-    def measure(self, label: str) -> dict:
-        """Accuracies before (``*_raw``) and after normalization re-estimation, and whether it ran."""
-        inputs = self.inputs
-        raw = inputs.accuracies(label, "_raw")
-        if not inputs.config.recalibrate or not recalibrate_batchnorm(inputs.model, self.recal_set,
-                                                                      description=f"{label}: re-estimate BN"):
-            return {"accuracy": raw["accuracy_raw"], "tune_accuracy": raw["tune_accuracy_raw"], **raw,
-                    "recalibrated": False}
-        return {**inputs.accuracies(f"{label} after BN"), **raw, "recalibrated": True}
-
     def prune(self, plan: Plan) -> dict:
         """Write the candidate's weights, strategy.json and eval.json (last); returns the eval record."""
         inputs = self.inputs
@@ -278,7 +280,7 @@ class Pruner:
         masks = plan.masks(self.scores(plan.score))
         masklib.apply_masks(params, masks)
         measured, global_sparsity = masklib.measured_sparsity(params)
-        accuracy = self.measure(plan.cid)
+        accuracy = measure(inputs, self.recal_set, inputs.model, plan.cid)
         digest = folder.save_state(numpy_state(inputs.model), pruned=list(masks))
         described = plan.record(masks)
         folder.write_strategy({
@@ -290,44 +292,83 @@ class Pruner:
         return record
 
 
-def finetune_selection(config: RunConfig, plans: list[Plan], evals: dict[str, dict]) -> list[str]:
-    """The best ``finetune_top`` Mix-and-Match candidates by tune accuracy, plus their matched baselines."""
-    top = sorted((p for p in plans if isinstance(p, MixMatchPlan)),
-                 key=lambda p: (-evals[p.cid]["tune_accuracy"], p.cid))
+def finetune_selection(config: RunConfig, plans: list, evals: dict[str, dict]) -> list[str]:
+    """Per family, the best ``finetune_top`` Mix-and-Match candidates by tune accuracy, plus their
+    matched baselines."""
     chosen = []
-    for plan in top[: config.finetune_top]:
-        for cid in [plan.cid, *plan.baselines]:
-            if cid not in chosen:
-                chosen.append(cid)
+    for kind in (MixMatchPlan, CutPlan):
+        top = sorted((p for p in plans if isinstance(p, kind)), key=lambda p: (-evals[p.cid]["tune_accuracy"], p.cid))
+        for plan in top[: config.finetune_top]:
+            chosen.extend(cid for cid in [plan.cid, *plan.baselines] if cid in evals and cid not in chosen)
     return chosen
 
 
-def _load_candidate(inputs: Inputs, folder: CandidateDir) -> None:
-    load_state(inputs.model, folder.load_state(), f"the stored weights of {folder.id}")
+def _held_at_zero(folder) -> dict:
+    """{parameter name: keep-mask} of a masked candidate; a cut one has nothing to hold (its channels are gone)."""
+    if isinstance(folder, CutDir):
+        return {}
+    return {name: torch.from_numpy(mask) for name, mask in folder.keep_masks().items()}
+
+
+def _store(folder, model: torch.nn.Module, masks: dict) -> str:
+    if isinstance(folder, CutDir):
+        return folder.save_state(folder.read_cut(), numpy_state(model))
+    return folder.save_state(numpy_state(model), pruned=list(masks))
 
 
 def finetune_candidate(inputs: Inputs, cid: str) -> dict:
-    """Fine-tune one candidate under its stored masks; returns its updated eval record."""
+    """Fine-tune one candidate (a masked one under its masks); returns its updated eval record."""
     folder = inputs.run.candidate(cid)
     record = folder.read_eval()
     if record["accuracy_finetuned"] is not None:
         return record
-    _load_candidate(inputs, folder)
+    model = build_stored(inputs.spec, folder, cid)
     digest = folder.weights_digest()
     if digest == record["weights_sha256"]:
         cfg = inputs.config
-        masks = {name: torch.from_numpy(mask) for name, mask in folder.keep_masks().items()}
+        masks = _held_at_zero(folder)
         torch.manual_seed(cfg.seed + zlib.crc32(cid.encode()))
-        params = inputs.params
-        history = finetune(inputs.model, params, masks, inputs.splits.train, inputs.splits.tune,
-                           epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, patience=cfg.finetune_patience,
-                           batch_size=cfg.batch_size, seed=cfg.seed, description=f"fine-tune {cid}")
-        digest = folder.save_state(numpy_state(inputs.model), pruned=list(masks))
+        history = finetune(model, prunable_parameters(model, inputs.layers), masks, inputs.splits.train,
+                           inputs.splits.tune, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+                           patience=cfg.finetune_patience, batch_size=cfg.batch_size, seed=cfg.seed,
+                           description=f"fine-tune {cid}")
+        digest = _store(folder, model, masks)
     else:  # killed after the fine-tuned weights landed but before eval.json: just measure them
         history = {"resumed": True}
-    record.update(**inputs.accuracies(cid, "_finetuned"), finetune=history, weights_sha256=digest)
+    record.update(**inputs.accuracies(model, cid, "_finetuned"), finetune=history, weights_sha256=digest)
     folder.write_eval(record)
     return record
+
+
+def prune_unstructured(inputs: Inputs, dense_state: dict, done: set[str], recal_set, lap) -> tuple[list[Plan], dict]:
+    """Phases 1-3 of unstructured Mix-and-Match: (plans, {cid: eval record}); ``inputs.model`` ends
+    as the last candidate left it."""
+    run = inputs.run
+    dense_weights = {name: p.detach().clone() for name, p in inputs.params.items()}
+    calibration = None
+    if run.ranges_json.is_file():  # a resumed run keeps the ranges its finished candidates were made from
+        ranges = run.read_ranges()["layers"]
+    else:
+        calibration = calibration_stage(inputs)
+        ranges = ranges_stage(inputs, dense_weights, calibration)
+    plans = plan_candidates(inputs, ranges)
+    todo = [plan for plan in plans if plan.cid not in done]
+    if todo and calibration is None:
+        calibration = calibration_stage(inputs)
+    lap("calibration and ranges")
+    evals = {plan.cid: run.candidate(plan.cid).read_eval() for plan in plans if plan.cid in done}
+    if todo:
+        pruner = Pruner(inputs, dense_state=dense_state, dense_weights=dense_weights, calibration=calibration,
+                        recal_set=recal_set)
+        with progress_bar() as progress:
+            counter = Counter(progress, "candidates" + (f" ({len(evals)} finished before)" if evals else ""),
+                              total=len(todo))
+            for plan in todo:
+                evals[plan.cid] = pruner.prune(plan)
+                counter.advance(plan.cid)
+    run.drop_scores()
+    lap("candidates")
+    return plans, evals
 
 
 def run_prune(config: RunConfig, resume: bool = False) -> dict:
@@ -350,44 +391,42 @@ def run_prune(config: RunConfig, resume: bool = False) -> dict:
     lap("prepare")
     dense = dense_stage(inputs)
     dense_state = {k: v.clone() for k, v in inputs.model.state_dict().items()}
-    dense_weights = {name: p.detach().clone() for name, p in inputs.params.items()}
     lap("dense")
     done = set(run.candidate_ids())
-    calibration = None
-    if run.ranges_json.is_file():  # a resumed run keeps the ranges its finished candidates were made from
-        ranges = run.read_ranges()["layers"]
-    else:
-        calibration = calibration_stage(inputs)
-        ranges = ranges_stage(inputs, dense_weights, calibration)
-    plans = plan_candidates(inputs, ranges)
-    todo = [plan for plan in plans if plan.cid not in done]
-    if todo and calibration is None:
-        calibration = calibration_stage(inputs)
-    lap("calibration and ranges")
-    evals = {plan.cid: run.candidate(plan.cid).read_eval() for plan in plans if plan.cid in done}
-    if todo:
-        pruner = Pruner(inputs, dense_state=dense_state, dense_weights=dense_weights, calibration=calibration,
-                        recal_set=recalibration_set(inputs))
-        with progress_bar() as progress:
-            counter = Counter(progress, "candidates" + (f" ({len(evals)} finished before)" if evals else ""),
-                              total=len(todo))
-            for plan in todo:
-                evals[plan.cid] = pruner.prune(plan)
-                counter.advance(plan.cid)
-    run.drop_scores()
-    say(f"pruned {len(plans)} candidates ({len(done)} resumed)")
-    lap("candidates")
+    families = MODE_FAMILIES[config.mode]
+    recal_set = recalibration_set(inputs)
+    plans, evals, structured = [], {}, {}
+    if "unstructured" in families:
+        plans, evals = prune_unstructured(inputs, dense_state, done, recal_set, lap)
+        inputs.model.load_state_dict(dense_state)
+    if "structured" in families:
+        try:
+            made, made_evals, failures = prune_structured(
+                inputs, lambda model, label: measure(inputs, recal_set, model, label), done)
+        except CutError as exc:
+            if "unstructured" not in families:
+                raise
+            say(f"[yellow]structured mode: {exc}; the run goes on with unstructured candidates only[/yellow]")
+            structured = {"skipped": str(exc)}
+        else:
+            plans, evals = plans + made, {**evals, **made_evals}
+            structured = {"failures": failures} if failures else {}
+        lap("structured")
+    say(f"pruned {len(plans)} candidates ({len(done & set(evals))} resumed)")
     finetuned = []
     if config.finetune_epochs > 0 and config.finetune_top > 0:
         finetuned = finetune_selection(config, plans, evals)
         for cid in finetuned:
             evals[cid] = finetune_candidate(inputs, cid)
     lap("finetune")
-    mixmatch = [p for p in plans if isinstance(p, MixMatchPlan)]
+    methods = [p for p in plans if isinstance(p, (MixMatchPlan, CutPlan))]
     summary = {
-        "dense_accuracy": dense["accuracy"], "candidates": len(plans), "mixmatch": len(mixmatch),
-        "baselines": len(plans) - len(mixmatch), "finetuned": finetuned, "resumed": len(done), "timings_s": timings,
-        "best": min(mixmatch, key=lambda p: (-selection_accuracy(evals[p.cid]), p.cid)).cid,
+        "dense_accuracy": dense["accuracy"], "mode": config.mode, "candidates": len(plans),
+        "mixmatch": sum(isinstance(p, MixMatchPlan) for p in plans),
+        "structured": sum(isinstance(p, CutPlan) for p in plans), "baselines": len(plans) - len(methods),
+        "finetuned": finetuned, "resumed": len(done & set(evals)), "timings_s": timings,
+        "best": min(methods, key=lambda p: (-selection_accuracy(evals[p.cid]), p.cid)).cid,
+        **({"structured_mode": structured} if structured else {}),
     }
     run.set_stage("prune", "done", summary=summary)
     return summary

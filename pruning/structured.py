@@ -19,11 +19,12 @@ from torch import nn
 
 from mixprune.errors import CutError
 
-from .cut import bisect_to, channel_counts, cut_model, global_cut, macs_and_params
+from .cut import Blueprint, GroupScores, channel_counts, global_cut, macs_and_params, solve_for
 from .ranges import RuleTable, layer_ranges
 from .roles import Layer, discover_layers
+from .scores import STRUCTURED_BASELINES
 
-MAX_CHANNEL_RATIO = 0.9  # a shifted strategy keeps at least a tenth of any layer's channels
+MAX_CHANNEL_RATIO = 0.9  # a strategy keeps at least a tenth of any layer's channels
 
 
 def cuttable_layers(model: nn.Module) -> list[Layer]:
@@ -31,71 +32,77 @@ def cuttable_layers(model: nn.Module) -> list[Layer]:
     return [layer for layer in discover_layers(model) if layer.role != "classifier"]
 
 
-def structured_ranges(model: nn.Module, example: torch.Tensor, table: RuleTable, *,
-                      importances: tuple[str, ...] = ("magnitude", "gradient", "product"),
-                      targets: tuple[float, ...] = (0.3, 0.5, 0.7), round_to: int = 8,
-                      label: str = "the model") -> tuple[dict, dict]:
-    """Phase 1: ({name: range record as in ranges.json}, {run label: achieved MAC reduction}).
-
-    For ``product``, gradients must be in ``model``'s ``.grad`` already (one calibration pass).
-    """
+def structured_ranges(blueprint: Blueprint, scores: dict[str, GroupScores], layers: list[Layer], table: RuleTable,
+                      *, targets: tuple[float, ...] = (0.3, 0.5, 0.7), round_to: int = 8) -> tuple[dict, dict, dict]:
+    """Phase 1: ({name: range record as in ranges.json}, {run label: per-layer ratios},
+    {run label: achieved MAC reduction}), one global run per importance in ``scores`` and target."""
     runs, achieved = {}, {}
-    for importance in importances:
+    for importance, group_scores in scores.items():
         for target in targets:
-            run = global_cut(model, example, target, importance=importance, round_to=round_to, label=label)
+            run = global_cut(blueprint, target, group_scores, round_to=round_to)
             key = f"{importance}@{target:.2f}"
             runs[key], achieved[key] = run.ratios, round(run.macs_reduction, 4)
-    return layer_ranges(cuttable_layers(model), runs, table), achieved
+    return layer_ranges(layers, runs, table), runs, achieved
 
 
-def shift_to_macs(model: nn.Module, example: torch.Tensor, ratios: dict[str, float], target: float, *,
-                  round_to: int = 8, tolerance: float = 0.01, steps: int = 14, label: str = "the model") -> dict:
+def within_caps(blueprint: Blueprint, ratios: dict[str, float], round_to: int) -> dict[str, float]:
+    """``ratios`` clipped to [0, MAX_CHANNEL_RATIO] and so that every layer keeps at least one multiple
+    of ``round_to`` channels."""
+    counts = blueprint.counts
+    return {n: min(max(r, 0.0), MAX_CHANNEL_RATIO, max(0.0, (counts[n] - round_to) / counts[n]))
+            for n, r in ratios.items()}
+
+
+def cut_ratios(ratios: dict[str, float]) -> dict[str, float]:
+    """The layers a cut touches: Torch-Pruning is given only ratios above zero."""
+    return {n: r for n, r in ratios.items() if r > 0}
+
+
+def macs_reduction(blueprint: Blueprint, ratios: dict[str, float], round_to: int) -> float:
+    """The share of the MACs a per-layer cut by ``ratios`` removes."""
+    return blueprint.macs_reduction(blueprint.cut(ratios=cut_ratios(ratios), round_to=round_to))
+
+
+def shift_to_macs(blueprint: Blueprint, ratios: dict[str, float], target: float, *, round_to: int = 8,
+                  tolerance: float = 0.01, steps: int = 14) -> dict:
     """Add one common offset to every channel ratio so the cut removes ``target`` of the MACs,
-    keeping the strategy's allocation (bisection on the offset; each step cuts a copy and
-    counts its MACs). Ratios are clipped to [0, MAX_CHANNEL_RATIO] and so that every layer
-    keeps at least one multiple of ``round_to`` channels."""
+    keeping the strategy's allocation (bisection on the offset), within the caps of ``within_caps``."""
     if not 0 < target < 1:
         raise CutError(f"a MAC reduction must be in (0, 1), got {target:g}")
-    base, _ = macs_and_params(model, example)
-    counts = channel_counts(model)
-    caps = {n: min(MAX_CHANNEL_RATIO, max(0.0, (counts[n] - round_to) / counts[n])) for n in ratios}
 
     def shifted(offset):
-        return {n: min(max(r + offset, 0.0), caps[n]) for n, r in ratios.items()}
+        return within_caps(blueprint, {n: r + offset for n, r in ratios.items()}, round_to)
 
-    def reduction(offset):
-        cut, _ = cut_model(model, example, {n: r for n, r in shifted(offset).items() if r > 0},
-                           round_to=round_to, label=label)
-        return 1 - macs_and_params(cut, example)[0] / base
-
-    reach = reduction(1.0)
+    reach = macs_reduction(blueprint, shifted(1.0), round_to)
     if reach < target:
-        raise CutError(f"a MAC reduction of {target:g} is out of reach for {label}: with every layer cut by "
-                       f"{MAX_CHANNEL_RATIO:.0%} of its channels (or down to {round_to}) the MACs drop by {reach:.3f}")
-    offset = bisect_to(target, lambda x: (reduction(x), x), -1.0, 1.0, steps=steps, tolerance=tolerance)
+        raise CutError(f"a MAC reduction of {target:g} is out of reach for {blueprint.label}: with every layer cut "
+                       f"by {MAX_CHANNEL_RATIO:.0%} of its channels (or down to {round_to}) the MACs drop by "
+                       f"{reach:.3f}")
+    # at offset -1 every ratio in [0, 1] is clipped to 0: nothing is cut
+    offset = solve_for(target, lambda x: (macs_reduction(blueprint, shifted(x), round_to), x), (-1.0, (0.0, -1.0)),
+                       (1.0, (reach, 1.0)), steps=steps, tolerance=tolerance)
     return shifted(offset)
 
 
-def matched_baselines(model: nn.Module, example: torch.Tensor, macs_reduction: float, *, round_to: int = 8,
-                      label: str = "the model") -> dict[str, dict[str, float]]:
+def baseline_ratios(blueprint: Blueprint, method: str, target: float, scores: dict[str, GroupScores], *,
+                    round_to: int = 8) -> dict[str, float]:
     """The paper's comparison, structured: per-layer channel ratios of Torch-Pruning's global magnitude
-    and global Taylor runs and of one uniform ratio for every layer, each at ``macs_reduction``.
-    For Taylor, gradients must be in ``model``'s ``.grad`` already."""
-    baselines = {name: global_cut(model, example, macs_reduction, importance=importance, round_to=round_to,
-                                  label=label).ratios
-                 for name, importance in (("mag", "magnitude"), ("taylor", "product"))}
-    flat = {layer.name: 0.0 for layer in cuttable_layers(model)}
-    baselines["uniform"] = shift_to_macs(model, example, flat, macs_reduction, round_to=round_to, label=label)
-    return baselines
+    (``mag``) or global Taylor (``taylor``) run, or one uniform ratio for every layer (``uniform``),
+    at the MAC reduction ``target``."""
+    baseline = STRUCTURED_BASELINES.get(method)
+    if baseline.strategy == "uniform":
+        return shift_to_macs(blueprint, {n: 0.0 for n in blueprint.counts if n not in blueprint.head}, target,
+                             round_to=round_to)
+    return global_cut(blueprint, target, scores[baseline.importance], round_to=round_to).ratios
 
 
-def describe_cut(model: nn.Module, cut: nn.Module, example: torch.Tensor) -> dict:
-    """strategy.json's record of a cut: output channels per layer before and after, parameters and MACs."""
-    before, after = channel_counts(model), channel_counts(cut)
-    (macs_before, params_before), (macs_after, params_after) = macs_and_params(model, example), \
-        macs_and_params(cut, example)
-    return {"channels": {name: {"before": before[name], "after": after[name]} for name in before},
-            "params": {"before": params_before, "after": params_after},
-            "macs": {"before": macs_before, "after": macs_after},
-            "macs_reduction": round(1 - macs_after / macs_before, 6),
-            "params_reduction": round(1 - params_after / params_before, 6)}
+def describe_cut(blueprint: Blueprint, cut: nn.Module, example: torch.Tensor) -> dict:
+    """strategy.json's record of a cut of the blueprint's model: output channels per layer before and
+    after, parameters and MACs."""
+    after = channel_counts(cut)
+    macs_after, params_after = macs_and_params(cut, example)
+    return {"channels": {name: {"before": blueprint.counts[name], "after": after[name]} for name in after},
+            "params": {"before": blueprint.params, "after": params_after},
+            "macs": {"before": blueprint.macs, "after": macs_after},
+            "macs_reduction": round(1 - macs_after / blueprint.macs, 6),
+            "params_reduction": round(1 - params_after / blueprint.params, 6)}

@@ -118,7 +118,9 @@ BAD_CONFIGS = [
     ("bench_runs = 0", "bench_runs must be >= 1"),
     ("bench-warmup = -1", "bench-warmup must be >= 0"),
     ('bench_warmup = "2"', "bench_warmup must be an integer >= 0"),
-    ('mode = "structured"', "mode must be unstructured (later issues add structured and both), got 'structured'"),
+    ('mode = "channels"', "mode must be one of unstructured, structured, both, got 'channels'"),
+    ("macs-reduction = 1.0", "macs-reduction must be in (0, 1)"),
+    ("round-to = 0", "round-to must be >= 1"),
     ('executor = "ray"', "executor must be local (a later issue adds ray), got 'ray'"),
     ("batchsize = 64", "unknown key(s) batchsize (did you mean batch_size?)"),
     ('[run]\nmodel = "resnet18"', "unknown key(s) run"),
@@ -283,7 +285,7 @@ def stages(monkeypatch):
 
     def prune(config, resume=False):
         seen.append(config)
-        return {"mixmatch": 0, "baselines": 0, "best": "-", "dense_accuracy": 0.0}
+        return {"mixmatch": 0, "structured": 0, "baselines": 0, "best": "-", "dense_accuracy": 0.0}
 
     def pipeline(config, resume=False, force=False):
         seen.append(config)

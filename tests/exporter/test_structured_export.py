@@ -12,7 +12,7 @@ import torch
 from mixprune.errors import CheckpointError
 from mixprune.exporter import stage
 from mixprune.models import build_model, build_stored, numpy_state
-from mixprune.pruning.cut import channel_counts, cut_model
+from mixprune.pruning.cut import channel_counts, cut_model, score_groups
 from mixprune.runs import CutDir, RunDir
 
 from tests.exporter.conftest import SPECS, make_run
@@ -27,7 +27,8 @@ def structured_run(tmp_path_factory):
     dense = build_stored(spec, run.dense, "dense")
     example = torch.zeros(1, *spec.input_shape[1:])
     ratios = {n: 0.5 for n in channel_counts(dense) if n != "fc.weight"}
-    cut_net, cut = cut_model(dense, example, ratios, round_to=4, label=spec.name)
+    cut_net, cut = cut_model(dense, example, ratios, score_groups(dense, example, "magnitude"), round_to=4,
+                             label=spec.name)
     folder = run.candidate(CID)
     assert isinstance(folder, CutDir)
     folder.save_state(cut.to_dict(), numpy_state(cut_net))

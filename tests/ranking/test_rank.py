@@ -71,7 +71,12 @@ def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_s
     assert ranking["chosen"] == best["cid"]
     assert [r["rank"] for r in ranking["candidates"][: len(eligible)]] == list(range(1, len(eligible) + 1))
     assert host["chosen_vs_dense"] in ranking["speed_note"] and "interleaved" in ranking["speed_note"]
-    assert ranking["chosen"] in ranking["pareto"]
+    # on the Pareto front, unless what dominates it is beyond the band of the fastest (pairwise noise bands
+    # do not chain: a model within the band of the chosen one can be outside that of the fastest)
+    by_id = {r["cid"]: r for r in eligible}
+    assert ranking["chosen"] in ranking["pareto"] or all(
+        latency(by_id[c]) - fastest > host["latency_band_ms"] for c in ranking["pareto"]
+        if by_id[c]["tune_accuracy"] > best["tune_accuracy"])
     # without the INT8 variants, every candidate runs dense's kernels: speed ties by construction
     for variant in run_copy.glob("candidates/*+*"):
         shutil.rmtree(variant)

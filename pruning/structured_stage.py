@@ -1,0 +1,230 @@
+"""Structured Mix-and-Match in the prune stage (--mode structured or both): cut candidates.
+
+Phase 1 (pruning/structured.py): the group importances score every channel group of the
+dense model once (one gradient pass over the calibration set feeds the gradient and Taylor
+importances); global structured runs at ``macs_targets`` give each layer a channel-ratio
+range, written to ranges.json's ``structured`` block. Phase 2: the rule table's strategies
+inside those ranges, per signal, shifted to ``macs_reduction`` when given, and the matched
+baselines at the MACs they reach. Phase 3: each plan cuts a copy of the dense model,
+normalization statistics are re-estimated, both splits evaluated and the candidate stored
+as its cut record + weights (runs.CutDir). Phases 1 and 2 are deterministic and cheap (cuts of
+a weightless copy, pruning/cut.Blueprint), so a resumed run plans again and skips what is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from mixprune.errors import CutError
+from mixprune.models import numpy_state
+from mixprune.progress import Counter, progress_bar, say
+from mixprune.runs import STRUCTURED_PREFIX
+
+from .cut import IMPORTANCES, Blueprint, GroupScores, cut_model, score_groups
+from .roles import Layer, discover_layers
+from .scores import STRUCTURED_BASELINES
+from .signals import accumulate_gradients
+from .strategies import STRATEGIES
+from .structured import (baseline_ratios, cut_ratios, cuttable_layers, describe_cut, macs_reduction, shift_to_macs,
+                         structured_ranges, within_caps)
+
+if TYPE_CHECKING:
+    from .stage import Inputs
+
+Measure = Callable[[torch.nn.Module, str], dict]  # (model, label) -> eval.json's accuracies
+
+
+def _rounded(ratios: dict[str, float]) -> dict[str, float]:
+    return {name: round(v, 6) for name, v in ratios.items()}
+
+
+def baseline_cid(method: str, reduction: float) -> str:
+    return f"{STRUCTURED_PREFIX}base-{method}-m{reduction * 100:.2f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CutPlan:
+    """One strategy of one signal, structured: a fraction of output channels to remove per layer."""
+    cid: str
+    signal: str
+    strategy: str
+    ratios: dict[str, float]
+    sampled: dict[str, float]  # the strategy's ratios before any shift to --macs-reduction
+    target: float | None  # --macs-reduction, when the ratios were shifted to it
+    baselines: tuple[str, ...]
+    kind = "structured"
+
+    @property
+    def importance(self) -> str:
+        return self.signal
+
+    def record(self) -> dict:
+        shifted = {} if self.target is None else {"sampled": _rounded(self.sampled), "target_macs_reduction": self.target}
+        return {"signal": self.signal, "strategy": self.strategy, "layers": _rounded(self.ratios), **shifted,
+                "baselines": list(self.baselines)}
+
+
+@dataclasses.dataclass(frozen=True)
+class CutBaselinePlan:
+    """A structured baseline (Torch-Pruning's global magnitude or Taylor, or uniform) at one MAC reduction."""
+    cid: str
+    method: str
+    target: float
+    ratios: dict[str, float]
+    kind = "baseline"
+
+    @property
+    def importance(self) -> str:
+        return STRUCTURED_BASELINES.get(self.method).importance
+
+    def record(self) -> dict:
+        return {"signal": self.method, "strategy": STRUCTURED_BASELINES.get(self.method).strategy,
+                "layers": _rounded(self.ratios), "global_target_macs_reduction": self.target}
+
+
+StructuredPlan = CutPlan | CutBaselinePlan
+
+
+@dataclasses.dataclass
+class Structured:
+    """Everything phase 1 made: the dense model's weightless copy, its group scores and layer ranges."""
+    blueprint: Blueprint
+    example: torch.Tensor
+    scores: dict[str, GroupScores]
+    layers: list[Layer]
+    ranges: dict
+
+
+def phase1(inputs: Inputs) -> Structured:
+    """Group scores and ranges of the dense model (``inputs.model``, left as it is); ranges.json's
+    ``structured`` block is written once and read back on resume. Raises CutError (one line) for a
+    model Torch-Pruning cannot cut."""
+    cfg, run, model = inputs.config, inputs.run, inputs.model
+    label = inputs.spec.name
+    example = torch.zeros(1, *inputs.spec.input_shape[1:])
+    accumulate_gradients(model, inputs.splits.calibration, batch_size=cfg.batch_size)
+    try:
+        scores = {name: score_groups(model, example, name, round_to=cfg.round_to, label=label)
+                  for name in IMPORTANCES.names()}
+    finally:
+        model.zero_grad(set_to_none=True)
+    blueprint = Blueprint(model, example, label)
+    layers = cuttable_layers(model)
+    record = run.read_ranges() if run.ranges_json.is_file() else {}
+    if "structured" in record:
+        return Structured(blueprint, example, scores, layers, record["structured"]["layers"])
+    say(f"structured phase 1: {len(scores) * len(cfg.macs_targets)} global channel runs of {label} "
+        f"(MAC reductions {', '.join(f'{t:g}' for t in cfg.macs_targets)})")
+    ranges, runs, achieved = structured_ranges(blueprint, scores, layers, inputs.table, targets=cfg.macs_targets,
+                                               round_to=cfg.round_to)
+    block = {"importances": list(scores), "macs_targets": list(cfg.macs_targets), "round_to": cfg.round_to,
+             "layers": ranges, "global_runs": {k: _rounded(v) for k, v in runs.items()}, "achieved": achieved}
+    record.update({"model": inputs.spec.name, "rule_table": inputs.table.describe(), "structured": block})
+    record.setdefault("layers", ranges)  # a structured-only run: its prunable layers are the cuttable ones
+    run.write_ranges(record)
+    return Structured(blueprint, example, scores, layers, ranges)
+
+
+def plan_structured(inputs: Inputs, phase: Structured) -> tuple[list[StructuredPlan], dict[str, str]]:
+    """Phase 2: the plans, and {cid: reason} of strategies that cannot be cut to their target."""
+    cfg, blueprint = inputs.config, phase.blueprint
+    per_strategy, failures = {}, {}  # the ranges are shared by the signals: each strategy is shifted once
+    for strategy in inputs.table.strategies:
+        sampled = within_caps(blueprint, STRATEGIES.get(strategy)(phase.layers, phase.ranges), cfg.round_to)
+        try:
+            ratios = sampled if cfg.macs_reduction is None else shift_to_macs(
+                blueprint, sampled, cfg.macs_reduction, round_to=cfg.round_to)
+        except CutError as exc:
+            failures.update({f"{STRUCTURED_PREFIX}{s}-{strategy}": str(exc) for s in cfg.signals})
+            continue
+        reached = cfg.macs_reduction if cfg.macs_reduction is not None else \
+            round(macs_reduction(blueprint, ratios, cfg.round_to), 4)
+        per_strategy[strategy] = (sampled, ratios, reached)
+    plans, matched = [], {}
+    for signal in cfg.signals:
+        for strategy, (sampled, ratios, reached) in per_strategy.items():
+            ids = []
+            for method in cfg.structured_baselines:
+                cid = baseline_cid(method, reached)
+                ids.append(cid)
+                if cid not in matched:
+                    matched[cid] = (method, reached)
+            plans.append(CutPlan(cid=f"{STRUCTURED_PREFIX}{signal}-{strategy}", signal=signal, strategy=strategy,
+                                 ratios=ratios, sampled=sampled, target=cfg.macs_reduction, baselines=tuple(ids)))
+    for cid in sorted(matched):
+        method, reached = matched[cid]
+        try:
+            ratios = baseline_ratios(blueprint, method, reached, phase.scores, round_to=cfg.round_to)
+        except CutError as exc:
+            failures[cid] = str(exc)
+            continue
+        plans.append(CutBaselinePlan(cid=cid, method=method, target=reached, ratios=ratios))
+    return plans, failures
+
+
+def _param_counts(model) -> dict[str, int]:
+    return {layer.name: layer.params for layer in discover_layers(model)}
+
+
+@dataclasses.dataclass
+class Cutter:
+    """Phase 3 for one structured plan at a time: cut the dense model, re-estimate BN, evaluate, store."""
+    inputs: Inputs
+    phase: Structured
+    measure: Measure
+
+    def prune(self, plan: StructuredPlan) -> dict:
+        inputs, cfg = self.inputs, self.inputs.config
+        folder = inputs.run.candidate(plan.cid)
+        dense = inputs.model
+        cut, record = cut_model(dense, self.phase.example, cut_ratios(plan.ratios), self.phase.scores[plan.importance],
+                                round_to=cfg.round_to, label=plan.cid)
+        described = describe_cut(self.phase.blueprint, cut, self.phase.example)
+        accuracy = self.measure(cut, plan.cid)
+        digest = folder.save_state(record.to_dict(), numpy_state(cut))
+        before, after = _param_counts(dense), _param_counts(cut)
+        prunable = [layer.name for layer in inputs.layers]
+        removed = 1 - sum(after[n] for n in prunable) / sum(before[n] for n in prunable)
+        folder.write_strategy({
+            "cid": plan.cid, "kind": plan.kind, "mode": "structured", **plan.record(),
+            "global_sparsity": round(removed, 6),  # the share of the dense model's prunable weights cut away
+            "measured": _rounded({n: 1 - after[n] / before[n] for n in prunable}), "round_to": cfg.round_to,
+            "rule_table": inputs.table.name, **described})
+        eval_record = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
+                       **inputs.sample_counts(), "finetune": None, "weights_sha256": digest}
+        folder.write_eval(eval_record)
+        return eval_record
+
+
+def prune_structured(inputs: Inputs, measure: Measure, done: set[str]) -> tuple[list[StructuredPlan], dict[str, dict], dict]:
+    """Phases 1-3 on ``inputs.model`` (the dense model, left as it is): (plans, {cid: eval record},
+    {cid: reason} of plans that could not be cut). Raises CutError when the model cannot be cut at all,
+    or no plan could be."""
+    run = inputs.run
+    phase = phase1(inputs)
+    plans, failures = plan_structured(inputs, phase)
+    for cid, reason in failures.items():
+        say(f"[yellow]{cid}: not made ({reason})[/yellow]")
+    evals = {plan.cid: run.candidate(plan.cid).read_eval() for plan in plans if plan.cid in done}
+    todo = [plan for plan in plans if plan.cid not in done]
+    if todo:
+        cutter = Cutter(inputs, phase, measure)
+        with progress_bar() as progress:
+            counter = Counter(progress, "structured candidates" + (f" ({len(evals)} finished before)" if evals else ""),
+                              total=len(todo))
+            for plan in todo:
+                try:
+                    evals[plan.cid] = cutter.prune(plan)
+                except CutError as exc:
+                    failures[plan.cid] = str(exc)
+                    say(f"[yellow]{plan.cid}: not made ({exc})[/yellow]")
+                counter.advance(plan.cid)
+    made = [plan for plan in plans if plan.cid in evals]
+    if not made:
+        reasons = list(dict.fromkeys(failures.values()))
+        more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+        raise CutError(f"no structured candidate of {inputs.spec.name} could be cut: {reasons[0]}{more}")
+    return made, evals, failures
