@@ -124,7 +124,10 @@ def make_variant(parent: ModelDir, parent_export: dict, variant: VariantDir, qua
         "cid": variant.id, "kind": "int8", "parent": parent.id, "quantization": quantization,
         "signal": parent_strategy.get("signal", "dense"), "strategy": parent_strategy.get("strategy", "dense"),
         "layers": parent_strategy.get("layers", {}), "global_sparsity": parent_strategy.get("global_sparsity", 0.0),
-        "parent_kind": parent_strategy.get("kind", "dense")})
+        "parent_kind": parent_strategy.get("kind", "dense"),
+        # a structured parent's INT8 variant is still a channel-cut model: ranking and report group by mode
+        **{key: parent_strategy[key] for key in ("mode", "channels", "heads", "params", "macs", "macs_reduction", "params_reduction")
+           if key in parent_strategy}})
     parent_eval = parent.read_eval()
     variant.write_eval({
         "accuracy": _accuracy(int8_logits, val_labels), "tune_accuracy": _accuracy(tune_logits, tune_labels),

@@ -249,7 +249,8 @@ def prune(ctx, config_file, resume, **flags):
     the dense ones: masks/state.safetensors, values.safetensors once fine-tuned)
     for 3 signals x 10 strategies plus matched global baselines.
     With --mode structured (or both), also candidates/st-<signal>-<strategy>/:
-    whole channels cut (cut.json + weights.safetensors of the smaller model),
+    whole channels cut (cut.json + state.safetensors: the tensors that differ
+    from the dense ones with the cut replayed),
     and st-base-<mag|taylor|uniform>-m<MAC reduction %> baselines at the same MACs.
     """
     from .pruning.stage import run_prune

@@ -188,7 +188,8 @@ def load_toml(path: str) -> dict:
 # `mixprune run` trains like `prune` (32x32, 15 epochs) but fine-tunes less, and makes INT8 variants,
 # keeping the whole default run (resnet18 on digits, host) under 5 minutes (4.8 measured);
 # experiments/pipeline/README.md has the measured stage times.
-RUN_DEFAULTS = {"finetune_epochs": 1, "finetune_top": 1, "recal_samples": 256, "quantize": "auto"}
+RUN_DEFAULTS = {"finetune_epochs": 1, "finetune_top": 1, "recal_samples": 256, "quantize": "auto",
+                "mode": "both", "macs_reduction": 0.5}
 # `mixprune run --quick`: a tiny configuration for tests and smoke checks (about a minute).
 QUICK_DEFAULTS = {"model": "test_resnet", "img_size": 16, "train_epochs": 1, "signals": ("magnitude",),
                   "baselines": ("mag",), "finetune_epochs": 1, "finetune_top": 1, "recal_samples": 128,

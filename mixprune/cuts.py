@@ -15,14 +15,19 @@ import dataclasses
 import warnings
 
 from .errors import CutError
+from .heads import sync_heads
 
 CUT_FORMAT = 1
+SIDES = ("out", "in")
 
 
 @dataclasses.dataclass(frozen=True)
 class CutGroup:
-    module: str  # the module whose output channels root the group
-    removed: tuple[int, ...]  # its output channels removed (indices before the cut)
+    module: str  # the module whose channels root the group
+    removed: tuple[int, ...]  # those channels removed (indices before the cut)
+    # which channels of it: its outputs, or its inputs (Torch-Pruning roots an attention head group at the
+    # output projection's inputs)
+    side: str = "out"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,17 +37,24 @@ class Cut:
 
     def to_dict(self) -> dict:
         return {"format": CUT_FORMAT, "round_to": self.round_to,
-                "groups": [{"module": g.module, "removed": list(g.removed)} for g in self.groups]}
+                "groups": [{"module": g.module, "removed": list(g.removed), "side": g.side} for g in self.groups]}
 
     @classmethod
     def from_dict(cls, data: dict) -> Cut:
         try:
             if data["format"] != CUT_FORMAT:
                 raise CutError(f"a cut record of format {data['format']}; this mixprune reads format {CUT_FORMAT}")
-            groups = tuple(CutGroup(str(g["module"]), tuple(int(i) for i in g["removed"])) for g in data["groups"])
+            groups = tuple(CutGroup(str(g["module"]), tuple(int(i) for i in g["removed"]), _side(g.get("side", "out")))
+                           for g in data["groups"])
             return cls(groups, int(data["round_to"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise CutError(f"a malformed cut record ({type(exc).__name__}: {exc})") from exc
+
+
+def _side(side) -> str:
+    if side not in SIDES:
+        raise ValueError(f"a group's side must be one of {', '.join(SIDES)}, got {side!r}")
+    return side
 
 
 @contextlib.contextmanager
@@ -75,21 +87,35 @@ def replay_cut(model, example, cut: Cut, label: str = "the model") -> None:
         module = modules.get(g.module)
         if module is None:
             raise CutError(f"the recorded cut names a module {g.module} that {label} does not have")
-        size = module.weight.shape[0]
+        pruner = graph.get_pruner_of_module(module)
+        size = module.weight.shape[0 if g.side == "out" else 1]
         if any(i >= size for i in g.removed) or len(g.removed) >= size:
-            raise CutError(f"the recorded cut removes channels {g.removed[:3]}... of {g.module}, which has {size}")
-        graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
-                                list(g.removed)).prune()
+            raise CutError(f"the recorded cut removes {g.side}put channels {g.removed[:3]}... of {g.module}, "
+                           f"which has {size}")
+        cut_fn = pruner.prune_out_channels if g.side == "out" else pruner.prune_in_channels
+        graph.get_pruning_group(module, cut_fn, list(g.removed)).prune()
+    sync_heads(model)
     forward_or_explain(model, example, label, "replaying its cut")
 
 
-def build_cut_model(spec, cut: Cut, state: dict, label: str):
-    """The timm model of ``spec`` with ``cut`` replayed and ``state`` (numpy or torch) loaded, in eval mode."""
+def changed_tensors(state: dict, reference: dict) -> dict:
+    """The numpy arrays of ``state`` that differ from ``reference`` (the same cut model before any
+    re-estimation or training): what a structured candidate stores (mixprune.runs.CutDir)."""
+    import numpy as np
+
+    return {name: value for name, value in state.items()
+            if name not in reference or not np.array_equal(value, reference[name])}
+
+
+def build_cut_model(spec, cut: Cut, dense_state: dict, changed: dict, label: str):
+    """The timm model of ``spec`` with the dense weights, ``cut`` replayed on them and the ``changed``
+    tensors (numpy or torch) loaded over the result, in eval mode."""
     import torch
 
-    from .models import build_model, load_state
+    from .models import build_model, load_state, numpy_state
 
     model = build_model(spec).eval()
+    load_state(model, dense_state, f"the dense weights under {label}")
     replay_cut(model, torch.zeros(1, *spec.input_shape[1:]), cut, label)
-    load_state(model, state, f"the weights of {label} (against its recorded cut)")
+    load_state(model, {**numpy_state(model), **changed}, f"the weights of {label} (against its recorded cut)")
     return model.eval()

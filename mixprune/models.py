@@ -182,7 +182,8 @@ def build_stored(spec: ModelSpec, model_dir, label: str):
     from .runs import CutDir
 
     if isinstance(model_dir, CutDir):
-        return build_cut_model(spec, Cut.from_dict(model_dir.read_cut()), model_dir.load_state(), label)
+        return build_cut_model(spec, Cut.from_dict(model_dir.read_cut()), model_dir.run.dense_state(),
+                               model_dir.load_changes(), label)
     model = build_model(spec)
     load_state(model, model_dir.load_state(), f"the weights of {label}")
     return model.eval()

@@ -30,7 +30,7 @@ DENSE = "dense"  # the dense model's id wherever candidates are listed by id
 RUN_FILE, RANGES_FILE, RANKING_FILE = "run.json", "ranges.json", "ranking.json"
 REPORT_FILE, PARETO_FILE = "report.html", "pareto.png"
 SCORES_FILE = "calibration/scores.safetensors"
-WEIGHTS_FILE = "weights.safetensors"  # a full state dict (the dense model's, a structured candidate's)
+WEIGHTS_FILE = "weights.safetensors"  # the dense model's full state dict
 MASKS_FILE, VALUES_FILE, STATE_FILE = "masks.safetensors", "values.safetensors", "state.safetensors"
 STRATEGY_FILE, EVAL_FILE, EXPORT_FILE = "strategy.json", "eval.json", "export.json"
 ONNX_FILE = "model.onnx"
@@ -185,11 +185,8 @@ class ModelDir(abc.ABC):
 
 
 class TorchModelDir(ModelDir):
-    """A model with torch weights, which the export stage turns into ONNX: dense or pruned."""
-
-    @abc.abstractmethod
-    def load_state(self) -> dict:
-        """The full state dict (numpy arrays by parameter name)."""
+    """A model with torch weights, which the export stage turns into ONNX (mixprune.models.build_stored):
+    dense, masked or cut."""
 
     @abc.abstractmethod
     def weights_digest(self) -> str:
@@ -204,6 +201,7 @@ class FullStateDir(TorchModelDir):
         return self.path / WEIGHTS_FILE
 
     def load_state(self) -> dict:
+        """The full state dict (numpy arrays by parameter name)."""
         return _read_tensors(self.weights_file)[0]
 
 
@@ -280,6 +278,7 @@ class CandidateDir(TorchModelDir):
         return masked.MaskedWeights(masks=parts["masks"], values=parts["values"], state=state)
 
     def load_state(self) -> dict:
+        """The full state dict (numpy arrays by parameter name)."""
         from . import masked
 
         return masked.join(self.run.dense_state(), self.stored_weights())
@@ -296,25 +295,36 @@ class CandidateDir(TorchModelDir):
         return _sha256_file(self.state_file)
 
 
-class CutDir(FullStateDir):
+class CutDir(TorchModelDir):
     """``candidates/st-.../``: a structured candidate, smaller than dense: cut.json (the recorded cut)
-    and weights.safetensors (the cut model's full state dict, written last)."""
+    and state.safetensors (written last): the tensors that differ from the dense weights with the cut
+    replayed on them (re-estimated normalization statistics; every tensor once fine-tuned), so an
+    unexported candidate weighs kilobytes, not a copy of its weights. mixprune.cuts.build_cut_model
+    joins the two."""
 
     @property
     def cut_file(self) -> Path:
         return self.path / CUT_FILE
 
-    def save_state(self, cut: dict, state: dict) -> str:
-        """Write the cut record, then the weights; returns the weights digest."""
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+    def save_state(self, cut: dict, changed: dict) -> str:
+        """Write the cut record, then the changed tensors; returns the weights digest."""
         atomic_write_json(self.cut_file, cut)
-        return self.weights_digest(_write_tensors(self.weights_file, state))
+        return self.weights_digest(_write_tensors(self.state_file, changed))
 
     def read_cut(self) -> dict:
         return read_json(self.cut_file, stage_hint="prune --resume")
 
-    def weights_digest(self, weights: bytes | None = None) -> str:
-        """sha256 of the cut record and the weights: either changing changes the model."""
-        data = weights if weights is not None else self.weights_file.read_bytes()
+    def load_changes(self) -> dict:
+        """The tensors stored over the dense weights with the cut replayed (numpy arrays by name)."""
+        return _read_tensors(self.state_file)[0]
+
+    def weights_digest(self, stored: bytes | None = None) -> str:
+        """sha256 of the cut record and the stored tensors: either changing changes the model."""
+        data = stored if stored is not None else self.state_file.read_bytes()
         return _sha256(self.cut_file.read_bytes() + data)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from mixprune.cuts import Cut, CutGroup, explained, forward_or_explain
 from mixprune.errors import CutError
+from mixprune.heads import attention_modules, head_counts, head_cut, heads_removed, sync_heads, token_width_layers
 from mixprune.registry import Registry
 
 from .roles import discover_layers
@@ -135,11 +136,14 @@ def channel_counts(model: nn.Module) -> dict[str, int]:
 def _check_ratios(model: nn.Module, ratios: dict[str, float], round_to: int, label: str) -> None:
     if round_to < 1:
         raise CutError(f"channel counts must be rounded to a multiple of at least 1, got {round_to}")
-    counts = channel_counts(model)
-    classifier = classifier_weights(model)
+    counts, heads = channel_counts(model), head_counts(model)
+    classifier, token_width = classifier_weights(model), token_width_layers(model)
     for name, ratio in ratios.items():
         if name in classifier:
             raise CutError(f"{name} is {label}'s classifier: its outputs are the classes and are never cut")
+        if name in token_width:
+            raise CutError(f"{name} writes {label}'s token width, which couples every block and is never cut "
+                           "(attention heads and MLP hidden units are)")
         if name not in counts:
             close = difflib.get_close_matches(name, counts, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -147,6 +151,10 @@ def _check_ratios(model: nn.Module, ratios: dict[str, float], round_to: int, lab
         if not 0 <= ratio < 1:
             raise CutError(f"cutting {ratio:g} of the output channels of {name} would remove them all "
                            "(a structured ratio must be in [0, 1))")
+        if name in heads:
+            if heads_removed(ratio, heads[name]) >= heads[name]:
+                raise CutError(f"cutting {ratio:g} of {name}'s {heads[name]} attention heads would remove them all")
+            continue
         kept = counts[name] - int(counts[name] * ratio)
         if kept < min(round_to, counts[name]):
             raise CutError(f"cutting {ratio:g} of {name}'s {counts[name]} channels leaves {kept}, fewer than "
@@ -194,8 +202,6 @@ def score_groups(model: nn.Module, example: torch.Tensor, importance: str, *, ro
     """Score every channel group of ``model`` with ``importance`` (for ``gradient`` and ``product``
     the gradients must be in ``model``'s ``.grad``): one pass of Torch-Pruning's global ranking, which
     scores every group, with nothing cut."""
-    import torch_pruning as tp
-
     scorer = IMPORTANCES.get(importance)()
     trial = _copy_with_grads(model)
     names = {module: name for name, module in trial.named_modules()}
@@ -206,9 +212,7 @@ def score_groups(model: nn.Module, example: torch.Tensor, importance: str, *, ro
         return value
 
     with torch_pruning(label):
-        pruner = tp.pruner.MetaPruner(trial, example, importance=record, pruning_ratio=0.5, global_pruning=True,
-                                      round_to=round_to, ignored_layers=[trial.get_classifier()])
-        for _ in pruner.step(interactive=True):
+        for _ in _pruner(trial, example, record, round_to=round_to, global_ratio=0.5).step(interactive=True):
             pass  # scored, not cut
     return GroupScores(importance, recorded)
 
@@ -222,19 +226,31 @@ def _cut(model: nn.Module, example: torch.Tensor, importance, *, round_to: int, 
          ratios: dict[str, float] | None = None, global_ratio: float | None = None) -> list:
     """Cut ``model`` in place, per layer (``ratios``) or globally (``global_ratio``); returns the groups
     as Torch-Pruning pruned them, in order."""
-    import torch_pruning as tp
-
-    modules = dict(model.named_modules())
-    per_layer = dict(pruning_ratio=0.0, pruning_ratio_dict={modules[n.rpartition(".")[0]]: r for n, r in ratios.items()}) \
-        if ratios is not None else dict(pruning_ratio=global_ratio, global_pruning=True)
     pruned = []
     with torch_pruning(label):
-        pruner = tp.pruner.MetaPruner(model, example, importance=importance, round_to=round_to,
-                                      ignored_layers=[model.get_classifier()], **per_layer)
-        for group in pruner.step(interactive=True):
+        for group in _pruner(model, example, importance, round_to=round_to, ratios=ratios,
+                             global_ratio=global_ratio).step(interactive=True):
             pruned.append(group[0])
             group.prune()
+    sync_heads(model)
     return pruned
+
+
+def _pruner(model: nn.Module, example: torch.Tensor, importance, *, round_to: int,
+            ratios: dict[str, float] | None = None, global_ratio: float | None = None):
+    """Torch-Pruning's pruner for a cut per layer (``ratios``) or global (``global_ratio``); the
+    classifier is never cut, and attention is cut by whole heads (mixprune.heads)."""
+    import torch_pruning as tp
+
+    heads = head_cut(model, ratios, global_ratio)
+    if ratios is not None:
+        modules, attention = dict(model.named_modules()), attention_modules(model)
+        channels = {modules[n.rpartition(".")[0]]: r for n, r in ratios.items() if n not in attention}
+        scope = dict(pruning_ratio=0.0, pruning_ratio_dict={**channels, **heads.scoped})
+    else:
+        scope = dict(pruning_ratio=global_ratio, global_pruning=True)
+    return tp.pruner.MetaPruner(model, example, importance=importance, round_to=round_to,
+                                ignored_layers=[model.get_classifier(), *heads.ignored], **scope, **heads.options)
 
 
 def cut_model(model: nn.Module, example: torch.Tensor, ratios: dict[str, float], scores: GroupScores, *,
@@ -251,7 +267,8 @@ def cut_model(model: nn.Module, example: torch.Tensor, ratios: dict[str, float],
     names = {module: name for name, module in model.named_modules()}
     pruned = _cut(model, example, scores.on(model), ratios=ratios, round_to=round_to, label=label)
     forward_or_explain(model, example, label, "the cut")
-    return model, Cut(tuple(CutGroup(names[dep.target.module], tuple(sorted(int(i) for i in idxs)))
+    return model, Cut(tuple(CutGroup(names[dep.target.module], tuple(sorted(int(i) for i in idxs)),
+                                     "in" if dep.handler.__name__ == "prune_in_channels" else "out")
                             for dep, idxs in pruned), round_to)
 
 
@@ -285,7 +302,9 @@ class Blueprint:
             self.model, self.example = min(made, key=lambda pair: _probe_seconds(*pair))
         self.macs, self.params = macs_and_params(self.model, self.example)
         self.counts = channel_counts(self.model)
-        self.head = classifier_weights(self.model)
+        self.heads = head_counts(self.model)
+        kept = classifier_weights(self.model) | token_width_layers(self.model)
+        self.cuttable = [n for n in self.counts if n not in kept]
         self._global_runs: dict[tuple, GlobalCut] = {}  # bisections for nearby targets probe the same ratios
 
     def global_run(self, channel_ratio: float, scores: GroupScores, round_to: int) -> GlobalCut:
@@ -312,9 +331,9 @@ class Blueprint:
             return 1 - macs_and_params(cut, self.example)[0] / self.macs
 
     def ratios(self, cut: nn.Module) -> dict[str, float]:
-        """The fraction of its output channels each layer but the classifier lost in ``cut``."""
+        """The fraction of its output channels each cuttable layer lost in ``cut``."""
         after = channel_counts(cut)
-        return {n: 1 - after[n] / self.counts[n] for n in self.counts if n not in self.head}
+        return {n: 1 - after[n] / self.counts[n] for n in self.cuttable}
 
 
 def _probe_seconds(model: nn.Module, example: torch.Tensor) -> float:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mixprune.errors import CutError
+from mixprune.heads import head_counts, max_head_ratio, token_width_layers
 
 from .cut import Blueprint, GroupScores, channel_counts, global_cut, macs_and_params, solve_for
 from .ranges import RuleTable, layer_ranges
@@ -28,8 +29,10 @@ MAX_CHANNEL_RATIO = 0.9  # a strategy keeps at least a tenth of any layer's chan
 
 
 def cuttable_layers(model: nn.Module) -> list[Layer]:
-    """Layers whose output channels a structured cut may remove: every conv / linear but the classifier."""
-    return [layer for layer in discover_layers(model) if layer.role != "classifier"]
+    """Layers whose output channels a structured cut may remove: every conv / linear but the classifier
+    and a transformer's token width (mixprune.heads)."""
+    kept = token_width_layers(model)
+    return [layer for layer in discover_layers(model) if layer.role != "classifier" and layer.name not in kept]
 
 
 def structured_ranges(blueprint: Blueprint, scores: dict[str, GroupScores], layers: list[Layer], table: RuleTable,
@@ -47,9 +50,10 @@ def structured_ranges(blueprint: Blueprint, scores: dict[str, GroupScores], laye
 
 def within_caps(blueprint: Blueprint, ratios: dict[str, float], round_to: int) -> dict[str, float]:
     """``ratios`` clipped to [0, MAX_CHANNEL_RATIO] and so that every layer keeps at least one multiple
-    of ``round_to`` channels."""
-    counts = blueprint.counts
-    return {n: min(max(r, 0.0), MAX_CHANNEL_RATIO, max(0.0, (counts[n] - round_to) / counts[n]))
+    of ``round_to`` channels (an attention layer: one head)."""
+    counts, heads = blueprint.counts, blueprint.heads
+    return {n: min(max(r, 0.0), MAX_CHANNEL_RATIO,
+                   max_head_ratio(heads[n]) if n in heads else max(0.0, (counts[n] - round_to) / counts[n]))
             for n, r in ratios.items()}
 
 
@@ -91,17 +95,18 @@ def baseline_ratios(blueprint: Blueprint, method: str, target: float, scores: di
     at the MAC reduction ``target``."""
     baseline = STRUCTURED_BASELINES.get(method)
     if baseline.strategy == "uniform":
-        return shift_to_macs(blueprint, {n: 0.0 for n in blueprint.counts if n not in blueprint.head}, target,
-                             round_to=round_to)
+        return shift_to_macs(blueprint, {n: 0.0 for n in blueprint.cuttable}, target, round_to=round_to)
     return global_cut(blueprint, target, scores[baseline.importance], round_to=round_to).ratios
 
 
 def describe_cut(blueprint: Blueprint, cut: nn.Module, example: torch.Tensor) -> dict:
-    """strategy.json's record of a cut of the blueprint's model: output channels per layer before and
-    after, parameters and MACs."""
-    after = channel_counts(cut)
+    """strategy.json's record of a cut of the blueprint's model: output channels (and attention heads)
+    per layer before and after, parameters and MACs."""
+    after, heads_after = channel_counts(cut), head_counts(cut)
     macs_after, params_after = macs_and_params(cut, example)
-    return {"channels": {name: {"before": blueprint.counts[name], "after": after[name]} for name in after},
+    heads = {"heads": {name: {"before": blueprint.heads[name], "after": heads_after[name]} for name in heads_after}} \
+        if heads_after else {}
+    return {"channels": {name: {"before": blueprint.counts[name], "after": after[name]} for name in after}, **heads,
             "params": {"before": blueprint.params, "after": params_after},
             "macs": {"before": blueprint.macs, "after": macs_after},
             "macs_reduction": round(1 - macs_after / blueprint.macs, 6),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from mixprune.cuts import changed_tensors
 from mixprune.errors import CutError
 from mixprune.models import numpy_state
 from mixprune.progress import Counter, progress_bar, say
@@ -183,8 +184,9 @@ class Cutter:
         cut, record = cut_model(dense, self.phase.example, cut_ratios(plan.ratios), self.phase.scores[plan.importance],
                                 round_to=cfg.round_to, label=plan.cid)
         described = describe_cut(self.phase.blueprint, cut, self.phase.example)
+        replayed = {name: value.copy() for name, value in numpy_state(cut).items()}  # measure re-estimates in place
         accuracy = self.measure(cut, plan.cid)
-        digest = folder.save_state(record.to_dict(), numpy_state(cut))
+        digest = folder.save_state(record.to_dict(), changed_tensors(numpy_state(cut), replayed))
         before, after = _param_counts(dense), _param_counts(cut)
         prunable = [layer.name for layer in inputs.layers]
         removed = 1 - sum(after[n] for n in prunable) / sum(before[n] for n in prunable)

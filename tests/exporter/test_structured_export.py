@@ -57,6 +57,7 @@ def test_the_stacked_int8_variant_of_a_cut_candidate(structured_run):
     assert variant["parent"] == CID and variant["bytes"]["onnx"] < 0.75 * results[CID]["bytes"]["onnx"]  # scales weigh on a tiny model
     strategy = json.loads(run.candidate(f"{CID}+int8u").strategy_json.read_text())
     assert strategy["kind"] == "int8" and strategy["parent_kind"] == "structured"
+    assert strategy["mode"] == "structured"  # ranking and report put it in the structured family
 
 
 def test_weights_that_do_not_fit_their_cut_are_one_clear_line(structured_run, tmp_path):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mixprune.cuts import Cut, build_cut_model, replay_cut
+from mixprune.cuts import Cut, build_cut_model, changed_tensors, replay_cut
 from mixprune.errors import CheckpointError, CutError
-from mixprune.models import build_model
+from mixprune.models import build_model, numpy_state
 from mixprune.pruning.cut import Blueprint, channel_counts, cut_model, score_groups
+from mixprune.pruning.structured import cuttable_layers
 
 from tests.exporter.conftest import SPECS
 
@@ -39,11 +40,18 @@ def test_cut_is_smaller_and_replays_from_its_record_and_weights(family, tmp_path
     assert after < 0.45 * before  # half the channels: about a quarter of the weights where both sides are cut
     counts = channel_counts(cut_net)
     assert counts[next(iter(counts))] % 4 == 0 and cut_net(x).shape == reference.shape
-    # saved as JSON + safetensors, replayed on a freshly built model: the same function
+    # the record replayed on the dense weights gives the cut weights exactly: nothing to store but the record
+    dense_state = numpy_state(model)
+    assert changed_tensors(numpy_state(cut_net), numpy_state(build_cut_model(spec, cut, dense_state, {}, spec.name))) == {}
+    # what training changes is stored (JSON + safetensors) and loaded over the replayed cut: the same function
+    with torch.no_grad():
+        next(cut_net.parameters()).mul_(2)
+    changed = changed_tensors(numpy_state(cut_net), numpy_state(build_cut_model(spec, cut, dense_state, {}, spec.name)))
+    assert list(changed) == [next(n for n, _ in cut_net.named_parameters())]
     (tmp_path / "cut.json").write_text(json.dumps(cut.to_dict()))
-    save_file({k: v.contiguous() for k, v in cut_net.state_dict().items()}, tmp_path / "weights.safetensors")
-    fresh = build_cut_model(spec, Cut.from_dict(json.loads((tmp_path / "cut.json").read_text())),
-                            load_file(tmp_path / "weights.safetensors"), spec.name)
+    save_file({k: torch.from_numpy(v).contiguous() for k, v in changed.items()}, tmp_path / "state.safetensors")
+    fresh = build_cut_model(spec, Cut.from_dict(json.loads((tmp_path / "cut.json").read_text())), dense_state,
+                            load_file(tmp_path / "state.safetensors"), spec.name)
     assert torch.allclose(fresh(x), cut_net(x), atol=1e-6)
 
 
@@ -59,13 +67,37 @@ def test_gradient_and_product_importances_use_gradients(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # scoring left the weights alone
 
 
-@pytest.mark.parametrize("family", ["swin", "vit"])
-def test_a_model_that_cannot_be_cut_is_one_clear_line(family):
-    spec, model, x = _model(family)
-    with pytest.raises(CutError, match="Torch-Pruning cannot cut") as info:
-        cut_model(model, x, _half_of_every_layer(model), score_groups(model, x, "magnitude", label=spec.name),
-                  round_to=4, label=spec.name)
+def test_a_model_that_cannot_be_cut_is_one_clear_line():
+    spec, model, x = _model("swin")
+    with pytest.raises(CutError, match="Torch-Pruning cannot cut|does not run after the cut") as info:
+        cut_model(model, x, {layer.name: 0.5 for layer in cuttable_layers(model)},
+                  score_groups(model, x, "magnitude", label=spec.name), round_to=4, label=spec.name)
     assert spec.name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_vit_loses_whole_heads_and_mlp_units_and_keeps_its_token_width():
+    spec, model, x = _model("vit")
+    model(x).logsumexp(dim=1).sum().backward()  # the product (Taylor) importance reads gradients
+    with torch.no_grad():
+        reference = model(x)
+    layers = [layer.name for layer in cuttable_layers(model)]
+    assert layers == [f"blocks.{b}.{part}.weight" for b in (0, 1) for part in ("attn.qkv", "mlp.fc1")]
+    cut_net, cut = cut_model(model, x, {name: 0.5 for name in layers}, score_groups(model, x, "product"), round_to=4,
+                             label=spec.name)
+    before, after = channel_counts(model), channel_counts(cut_net)
+    for block in cut_net.blocks:
+        assert block.attn.num_heads == 1 and block.attn.qkv.out_features == 3 * block.attn.head_dim  # 1 of 2 heads
+        assert block.attn.proj.in_features == block.attn.head_dim and block.mlp.fc1.out_features == 96
+    assert all(after[n] == before[n] for n in before if n not in layers)  # the token width (48) everywhere
+    with torch.no_grad():
+        assert cut_net(x).shape == reference.shape and torch.equal(model(x), reference)
+    replayed = build_cut_model(spec, cut, numpy_state(model), {}, spec.name)
+    assert changed_tensors(numpy_state(cut_net), numpy_state(replayed)) == {}
+    assert torch.allclose(replayed(x), cut_net(x), atol=1e-6)
+    with pytest.raises(CutError, match="token width"):
+        cut_model(model, x, {"blocks.0.attn.proj.weight": 0.5}, score_groups(model, x, "magnitude"))
+    with pytest.raises(CutError, match="remove them all"):
+        cut_model(model, x, {"blocks.0.attn.qkv.weight": 0.8}, score_groups(model, x, "magnitude"))
 
 
 @pytest.mark.parametrize("ratios, round_to, message", [
@@ -94,7 +126,7 @@ def test_weights_that_do_not_match_their_cut_are_refused():
         load_state(fresh, quarter.state_dict(), "the candidate")
     with pytest.raises(CutError, match="format"):
         Cut.from_dict({**cut.to_dict(), "format": 99})
-    with pytest.raises(CutError, match="removes channels"):
+    with pytest.raises(CutError, match="removes output channels"):
         replay_cut(build_model(spec).eval(), x, Cut((cut.groups[0].__class__("layer1.0.conv1", tuple(range(8))),), 4))
 
 

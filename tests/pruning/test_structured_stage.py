@@ -94,26 +94,50 @@ def test_resume_remakes_only_what_is_missing_and_the_same(both_run, tmp_path):
         assert after[cid]["strategy"] == before[cid]["strategy"]
 
 
+SWIN = "swin_tiny_patch4_window7_224"
+SMALL_SWIN = ["--model-arg", "patch_size=2", "--model-arg", "window_size=4", "--model-arg", "embed_dim=16",
+              "--model-arg", "depths=(1,1)", "--model-arg", "num_heads=(1,2)"]
+
+
 @pytest.mark.parametrize("mode", ["both", "structured"])
 def test_a_model_torch_pruning_cannot_cut(mode, tmp_path, monkeypatch):
     monkeypatch.delenv("MIXPRUNE_QUIET")  # the status line is part of what is tested
-    args = ["prune", "--out", tmp_path / "vit", "--model", "test_vit", "--img-size", "32", "--mode", mode,
+    args = ["prune", "--out", tmp_path / "swin", "--model", SWIN, *SMALL_SWIN, "--img-size", "16", "--mode", mode,
             "--train-epochs", "0", "--finetune-epochs", "0", "--signals", "magnitude", "--baselines", "mag",
             "--macs-reduction", "0.5"]
     result = cli(*args)
     if mode == "both":  # one line says so, and the run goes on with unstructured candidates
         assert result.exit_code == 0, result.output
         said = " ".join(result.output.split())
-        assert "structured mode: no structured candidate of test_vit could be cut" in said
+        assert f"structured mode: {SWIN} does not run after a cut" in said and "cannot cut this architecture" in said
         assert "the run goes on with unstructured candidates only" in said
-        summary = load(tmp_path / "vit" / "run.json")["stages"]["prune"]["summary"]
-        assert "test_vit" in summary["structured_mode"]["skipped"]
+        summary = load(tmp_path / "swin" / "run.json")["stages"]["prune"]["summary"]
+        assert SWIN in summary["structured_mode"]["skipped"]
         assert summary["mixmatch"] == 10 and summary["structured"] == 0
     else:
         assert result.exit_code == 2
         errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-        assert len(errors) == 1 and "no structured candidate of test_vit could be cut" in errors[0]
+        assert len(errors) == 1 and f"{SWIN} does not run after a cut" in errors[0]
         assert "Traceback" not in result.output
+
+
+def test_a_vit_is_cut_by_whole_heads_and_mlp_units(tmp_path):
+    result = cli("prune", "--out", tmp_path / "vit", "--model", "test_vit", "--img-size", "32", "--mode", "structured",
+                 "--train-epochs", "0", "--finetune-epochs", "0", "--signals", "magnitude", "--macs-reduction", "0.5")
+    assert result.exit_code == 0, result.output
+    records = _records(tmp_path / "vit")
+    assert len(records) == 13  # 10 strategies + 3 baselines
+    for cid, record in records.items():
+        strategy = record["strategy"]
+        heads = strategy["heads"]
+        assert heads and all(1 <= h["after"] <= h["before"] for h in heads.values()), cid
+        assert all(name.endswith(("attn.qkv.weight", "mlp.fc1.weight")) for name in strategy["layers"]), cid
+        # the token width (192 in test_vit) is never cut
+        assert all(c["after"] == c["before"] for name, c in strategy["channels"].items()
+                   if not name.endswith(("attn.qkv.weight", "mlp.fc1.weight"))), cid
+        # a head is a coarse unit in a 2-head model: one offset flips every block's second head at once
+        assert abs(strategy["macs_reduction"] - 0.5) < 0.1, cid
+    assert any(h["after"] < h["before"] for r in records.values() for h in r["strategy"]["heads"].values())
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -29,7 +29,14 @@ def test_run_wrote_every_stage_and_printed_where(quick_run):
     exported = sorted(p.parent.name for p in quick_run.glob("*/*/export.json")) + \
         (["dense"] if (quick_run / "dense" / "export.json").exists() else [])
     fp32 = [m for m in exported if "+" not in m]
-    assert len(fp32) == 1 + QUICK_DEFAULTS["export_top"]
+    # per family (`run` defaults to --mode both): the export_top best of each
+    for family in (lambda m: m.startswith("mm-") or m.startswith("base-"), lambda m: m.startswith("st-")):
+        assert len([m for m in fp32 if family(m)]) == QUICK_DEFAULTS["export_top"], fp32
+    assert len(fp32) == 1 + 2 * QUICK_DEFAULTS["export_top"]
+    formats = ranking["devices"][0]["formats"]
+    assert set(formats) == {f"{family}{kernels}" for family in ("", "structured ")
+                            for kernels in ("fp32", "int8-int8", "int8-uint8")}
+    assert formats["structured int8-uint8"]["models"] == QUICK_DEFAULTS["export_top"]
     assert sorted(exported) == sorted(fp32 + [m + s for m in fp32 for s in ("+int8", "+int8u")])
 
 
@@ -46,6 +53,11 @@ def test_the_run_directory_stays_lean(quick_run):
             assert (folder / "model.onnx").stat().st_size < (parent / "model.onnx").stat().st_size / 2
             continue
         finetuned = load(folder / "eval.json")["accuracy_finetuned"] is not None
+        if folder.name.startswith("st-"):  # a cut: its record and the tensors that differ from the replayed cut
+            stored = (folder / "state.safetensors").stat().st_size
+            assert (folder / "cut.json").is_file() and not (folder / "masks.safetensors").exists(), folder.name
+            assert finetuned or stored < dense / 50, (folder.name, stored, dense)  # re-estimated BN statistics
+            continue
         assert (folder / "values.safetensors").exists() == finetuned, folder.name
         stored = sum((folder / f"{part}.safetensors").stat().st_size for part in ("masks", "state"))
         assert stored < dense / 8, (folder.name, stored, dense)  # 1 bit per weight, plus what BN re-estimated
