@@ -163,7 +163,7 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "macs_targets": ("--macs-targets", dict(default=FROM_CONFIG, callback=_ratio_list,
                                             help="Structured mode: MAC reductions of the range-finding global "
                                                  "channel runs (comma list).")),
-    "macs_reduction": ("--macs-reduction", dict(type=float, help="Structured mode: shift every strategy so its cut "
+    "macs_reduction": ("--macs-reduction", dict(type=float, default=FROM_CONFIG, help="Structured mode: shift every strategy so its cut "
                                                                  "removes this share of the MACs (e.g. 0.5).")),
     "structured_baselines": ("--structured-baselines", dict(
         default=FROM_CONFIG, help=f"Structured mode's matched baselines at the same MACs: a comma list of "

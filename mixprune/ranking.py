@@ -177,8 +177,8 @@ def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float,
         "cid": cid, "kind": strategy["kind"], "signal": strategy["signal"], "strategy": strategy["strategy"],
         "mode": strategy.get("mode", "unstructured"), "kernels": "int8" if strategy["kind"] == "int8" else "fp32",
         "parent": strategy.get("parent"), "activation": (strategy.get("quantization") or {}).get("activation_type"),
-        "global_sparsity": strategy["global_sparsity"], "baselines": strategy.get("baselines", []),
-        "accuracy": accuracy, "accuracy_source": source,
+        "global_sparsity": strategy["global_sparsity"], "macs_reduction": strategy.get("macs_reduction"),
+        "baselines": strategy.get("baselines", []), "accuracy": accuracy, "accuracy_source": source,
         "drop_points": round((dense[REPORT_SPLIT] - accuracy) * 100, 4),
         "tune_accuracy": tune_accuracy, "tune_drop_points": round(tune_drop, 4),
         "accuracy_pruned": rec["eval"]["accuracy"], "tune_accuracy_pruned": rec["eval"]["tune_accuracy"],
@@ -480,9 +480,11 @@ def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, d
     drop = chosen["drop_points"]
     versus = f"drop {drop:.2f} points" if drop >= 0 else f"{-drop:.2f} points above it"
     kernels = f"INT8 ({chosen['activation']} activations) of {chosen['parent']}, " if chosen["kernels"] == "int8" else ""
+    cut = (f"{_pct(chosen['global_sparsity'])} of the prunable weights and {_pct(chosen['macs_reduction'])} of "
+           "the MACs cut away" if chosen["mode"] == "structured" else f"{_pct(chosen['global_sparsity'])} sparsity")
     return (f"{chosen['cid']}: {ties}{among}: held-out accuracy {chosen['accuracy']:.4f} (dense "
             f"{dense['accuracy']:.4f}, {versus}; chosen on the tune split: {chosen['tune_accuracy']:.4f} vs dense "
-            f"{dense['tune_accuracy']:.4f}), {_pct(chosen['global_sparsity'])} sparsity, {kernels}"
+            f"{dense['tune_accuracy']:.4f}), {cut}, {kernels}"
             f"compact {chosen['bytes']['compact'] / MB:.2f} MB, p50 {m['p50_ms']:.3f} ms, "
             f"peak RSS {m['peak_rss_mb']:.1f} MB")
 

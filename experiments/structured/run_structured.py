@@ -1,18 +1,30 @@
 """Structured study: how much faster channel-cut models run in onnxruntime than the dense model,
-per MAC reduction, and how INT8 stacks on top.
+per MAC reduction, how INT8 stacks on top, and what the cuts cost in accuracy.
 
-Models (timm): resnet18, mobilenetv3_small_100 and convnext_atto at 224x224 (random weights,
-eval mode, 3 channels, 1000 classes), and resnet18 at 32x32 trained on digits (1 channel,
-10 classes). vit_tiny_patch16_224 is attempted and recorded with the CutError mixprune gives.
+Speed at 224x224 (timm, random weights, eval mode, 3 channels, 1000 classes): resnet18,
+vit_tiny_patch16_224 (whole heads and MLP hidden units cut, token width kept),
+mobilenetv3_small_100 and convnext_atto. Each is cut at two MAC reductions (0.5 and 0.7)
+with the structured Mix-and-Match "balanced" strategy shifted to the MAC target, as
+mixprune does it (pruning/structured.py, pruning/cut.py):
 
-Each model is cut at two MAC reductions (0.5 and 0.7) with the structured Mix-and-Match
-"balanced" strategy shifted to the MAC target, as mixprune does it:
+    blueprint = Blueprint(model, example, name)
+    scores = {"magnitude": score_groups(model, example, "magnitude", round_to=8)}
+    ranges, _, _ = structured_ranges(blueprint, scores, cuttable_layers(model), get_table(name),
+                                     targets=(0.3, 0.5, 0.7), round_to=8)
+    ratios = within_caps(blueprint, STRATEGIES.get("balanced")(cuttable_layers(model), ranges), 8)
+    ratios = shift_to_macs(blueprint, ratios, target, round_to=8)
+    cut, record = cut_model(model, example, cut_ratios(ratios), scores["magnitude"], round_to=8)
 
-    ranges = structured_ranges(model, example, get_table(name), importances=("magnitude",),
-                               targets=(0.3, 0.5, 0.7), round_to=8)
-    ratios = STRATEGIES.get("balanced")(cuttable_layers(model), ranges)
-    ratios = shift_to_macs(model, example, ratios, target, round_to=8)
-    cut, record = cut_model(model, example, ratios, round_to=8)
+Accuracy and speed at 32x32 on digits (resnet18, and vit_tiny_patch16_224 with 8x8 patches):
+mixprune's own prune stage. `mixprune prune --mode structured --macs-reduction R` per R (the
+dense model trained once, 15 epochs, then reused with --checkpoint): 30 structured
+Mix-and-Match candidates and the 3 matched structured baselines (global magnitude, global
+Taylor, uniform) at the same MACs; the best Mix-and-Match one and its baselines fine-tuned
+(--finetune-top 1, mixprune's default epochs). Then `mixprune prune --mode unstructured
+--sparsity S`, S = the share of the prunable weights the best structured cut removed: the
+unstructured candidate with the same parameter count, and its matched MAG/SNIP/GraSP
+baselines, fine-tuned likewise. The dense model and the best structured cut at each R are
+then timed like the 224 models.
 
 The dense model and each cut are exported as mixprune exports (``export_onnx``: opset 17,
 TorchScript exporter, dynamic batch axis; guarded onnxsim; +0.0 zeros), and each gets its
@@ -26,28 +38,25 @@ thread, batch 1; one group per model and size = dense + its cuts + their INT8s, 
 a process take about --process-seconds), pooled with ``mixprune.benchmarks.paired.summarize``
 (reference = dense fp32). Speedup = 1 / median pooled ratio; quartiles likewise.
 
-Accuracy (resnet18, 32x32, digits): the dense model trained with mixprune's recipe, cut at
-0.5 and 0.7 of its MACs, BatchNorm re-estimated (``recalibrate_batchnorm``), fine-tuned for
-mixprune's default fine-tune epochs / lr (``RunConfig``); held-out accuracy of the fp32
-models in torch and in onnxruntime, and of their INT8 variants in onnxruntime.
-
     OMP_NUM_THREADS=1 python experiments/structured/run_structured.py [--rounds 20] [--processes 3]
     python experiments/structured/run_structured.py --tables   # the README's tables from results.json
 
-Writes experiments/structured/results.json (atomically, after every phase). About 7 minutes on the 2 shared
-cores of the host (396 s for the committed results: ~3 min cutting / exporting / training, ~3.5 min timing).
+Writes experiments/structured/results.json (atomically, after every phase).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,23 +69,21 @@ import torch.nn.functional as F
 
 from mixprune.benchmarks.paired import paired_ratios, quartiles, summarize
 from mixprune.compat import import_timm
-from mixprune.config import RunConfig
 from mixprune.data import DataSpec, load_splits
 from mixprune.devices.runners.local import LocalRunner
-from mixprune.errors import CutError
 from mixprune.exporter import parity
 from mixprune.exporter.audit import audit
 from mixprune.exporter.onnx_export import INPUT_NAME, canonicalize_zeros, export_onnx
 from mixprune.exporter.quantize import quantize
 from mixprune.exporter.simplify import simplify_guarded
-from mixprune.models import ModelSpec, build_model
-from mixprune.pruning.cut import cut_model, macs_and_params
+from mixprune.models import ModelSpec, build_stored
+from mixprune.pruning.cut import Blueprint, GroupScores, cut_model, score_groups
 from mixprune.pruning.ranges import get_table
 from mixprune.pruning.roles import prunable_names
 from mixprune.pruning.strategies import STRATEGIES
-from mixprune.pruning.structured import cuttable_layers, shift_to_macs, structured_ranges
-from mixprune.runs import atomic_write_json, now_iso, package_versions
-from mixprune.training import evaluate, recalibrate_batchnorm, train
+from mixprune.pruning.structured import (cut_ratios, cuttable_layers, describe_cut, shift_to_macs, structured_ranges,
+                                         within_caps)
+from mixprune.runs import RunDir, atomic_write_json, now_iso, package_versions
 
 HERE = Path(__file__).resolve().parent
 OPSET = 17
@@ -85,8 +92,10 @@ STRATEGY = "balanced"
 IMPORTANCES = ("magnitude",)
 RANGE_TARGETS = (0.3, 0.5, 0.7)
 MAC_TARGETS = (0.5, 0.7)
-MODELS_224 = ("resnet18", "mobilenetv3_small_100", "convnext_atto")
 VIT = "vit_tiny_patch16_224"
+MODELS_224 = ("resnet18", VIT, "mobilenetv3_small_100", "convnext_atto")
+# the models trained on digits at 32x32: 8x8 patches keep the ViT's 16 tokens affordable on 2 cores
+DIGITS_MODELS = {"resnet18": [], VIT: ["--model-arg", "patch_size=8"]}
 ACTIVATION = "uint8"  # static QDQ, uint8 activations (the fast one on this x86 host: experiments/int8)
 CALIBRATION_224 = 32  # digits images, upsampled: the 224 models have random weights, speed only
 EFFICIENCY_TARGET = 0.8  # the issue: speedup / MAC-reduction factor >= 0.8 at 224
@@ -126,64 +135,54 @@ def load_average() -> list[float]:
 
 
 # --- cutting ------------------------------------------------------------------------------
-def balanced_ratios(model, example, name: str) -> tuple[dict, dict, dict]:
+@dataclasses.dataclass
+class BalancedPlan:
+    """Phase 1 of one model (magnitude scores, ranges) and the balanced strategy's ratios in them."""
+    blueprint: Blueprint
+    scores: GroupScores
+    ratios: dict
+    phase1: dict
+
+
+def balanced_plan(model, example, name: str) -> BalancedPlan:
     """Phase 1 ranges (global magnitude runs at RANGE_TARGETS, clamped by the rule table) and
     the balanced strategy's ratios inside them; plus the achieved MAC reduction of each global run."""
     table = get_table(name)
-    ranges, achieved = structured_ranges(model, example, table, importances=IMPORTANCES, targets=RANGE_TARGETS,
-                                         round_to=ROUND_TO, label=name)
-    ratios = STRATEGIES.get(STRATEGY)(cuttable_layers(model), ranges)
-    return ranges, ratios, {"table": table.name, "global_runs_mac_reduction": achieved}
+    blueprint = Blueprint(model, example, name)
+    scores = {imp: score_groups(model, example, imp, round_to=ROUND_TO, label=name) for imp in IMPORTANCES}
+    layers = cuttable_layers(model)
+    ranges, _, achieved = structured_ranges(blueprint, scores, layers, table, targets=RANGE_TARGETS, round_to=ROUND_TO)
+    ratios = within_caps(blueprint, STRATEGIES.get(STRATEGY)(layers, ranges), ROUND_TO)
+    return BalancedPlan(blueprint, scores[IMPORTANCES[0]], ratios,
+                        {"table": table.name, "global_runs_mac_reduction": achieved})
 
 
-def make_cut(model, example, ratios: dict, target: float, name: str) -> tuple[torch.nn.Module, dict]:
+def make_cut(model, example, plan: BalancedPlan, target: float, name: str) -> tuple[torch.nn.Module, dict]:
     """The balanced ratios shifted to ``target`` of the MACs, and the cut model."""
     start = time.perf_counter()
-    shifted = shift_to_macs(model, example, ratios, target, round_to=ROUND_TO, label=name)
-    cut, record = cut_model(model, example, {n: r for n, r in shifted.items() if r > 0}, round_to=ROUND_TO,
+    shifted = shift_to_macs(plan.blueprint, plan.ratios, target, round_to=ROUND_TO)
+    cut, record = cut_model(model, example, cut_ratios(shifted), plan.scores, round_to=ROUND_TO,
                             label=f"{name} cut {target:g}")
-    before, after = macs_and_params(model, example), macs_and_params(cut, example)
     ratios_used = list(shifted.values())
-    info = {
-        "target_mac_reduction": target,
-        "macs_before": before[0], "params_before": before[1], "macs_after": after[0], "params_after": after[1],
-        "mac_reduction": 1 - after[0] / before[0], "mac_factor": before[0] / after[0],
-        "param_reduction": 1 - after[1] / before[1],
-        "channel_ratio_min": min(ratios_used), "channel_ratio_max": max(ratios_used),
-        "channel_ratio_mean": statistics.fmean(ratios_used),
-        "layers_cut": sum(r > 0 for r in ratios_used), "layers": len(ratios_used),
-        "cut_groups": len(record.groups), "seconds": round(time.perf_counter() - start, 1),
-        "ratios": {n: round(r, 4) for n, r in shifted.items()},
-    }
+    info = {"target_mac_reduction": target, **cut_summary(plan.blueprint, cut, example),
+            "channel_ratio_min": min(ratios_used), "channel_ratio_max": max(ratios_used),
+            "channel_ratio_mean": statistics.fmean(ratios_used),
+            "layers_cut": sum(r > 0 for r in ratios_used), "layers": len(ratios_used),
+            "cut_groups": len(record.groups), "seconds": round(time.perf_counter() - start, 1),
+            "ratios": {n: round(r, 4) for n, r in shifted.items()}}
     return cut, info
 
 
-def try_vit(timm) -> dict:
-    """Run the structured pipeline on the ViT and record where it stops (the CutError's line)."""
-    torch.manual_seed(0)
-    model = timm.create_model(VIT, pretrained=False).eval()
-    example = torch.randn(1, 3, 224, 224)
-    out = {"model": VIT, "status": "not cut yet", "steps_passed": []}
-    start = time.perf_counter()
-    try:
-        _, ratios, phase1 = balanced_ratios(model, example, VIT)
-        out["steps_passed"].append("structured_ranges (global runs)")
-        out["phase1"] = phase1
-        for target in MAC_TARGETS:
-            make_cut(model, example, ratios, target, VIT)
-            out["steps_passed"].append(f"shift_to_macs + cut_model at {target:g}")
-        out["status"] = "cut"  # mixprune learned to cut it: the README must then be revisited
-    except CutError as exc:
-        out["cut_error"] = one_line(exc)
-        out["failed_at"] = "shift_to_macs / cut_model" if out["steps_passed"] else "structured_ranges"
-    # a direct cut of one attention qkv projection: the smallest failing case
-    try:
-        cut_model(model, example, {"blocks.0.attn.qkv.weight": 0.25}, round_to=ROUND_TO, label=VIT)
-        out["qkv_cut_error"] = None
-    except CutError as exc:
-        out["qkv_cut_error"] = one_line(exc)
-    out["seconds"] = round(time.perf_counter() - start, 1)
-    return out
+def cut_summary(blueprint: Blueprint, cut, example) -> dict:
+    """MACs and parameters before and after (from mixprune's strategy.json record of a cut), heads if any."""
+    described = describe_cut(blueprint, cut, example)
+    before, after = described["macs"]["before"], described["macs"]["after"]
+    heads = described.get("heads", {})
+    return {"macs_before": before, "macs_after": after, "params_before": described["params"]["before"],
+            "params_after": described["params"]["after"], "mac_reduction": 1 - after / before,
+            "mac_factor": before / after, "param_reduction": described["params_reduction"],
+            "heads_before": sum(h["before"] for h in heads.values()) if heads else None,
+            "heads_after": sum(h["after"] for h in heads.values()) if heads else None}
 
 
 # --- export and quantization -----------------------------------------------------------------
@@ -361,70 +360,96 @@ def speed_rows(entry: dict, cuts: dict) -> dict:
     return rows
 
 
-# --- accuracy at 32x32 on digits ---------------------------------------------------------------
-def accuracy_part(args, folder: Path) -> tuple[dict, dict, list[int]]:
-    """Train dense, cut at MAC_TARGETS, re-estimate BN, fine-tune; accuracy in torch and onnxruntime."""
-    data = DataSpec()
-    splits = load_splits(data)
-    spec = ModelSpec("resnet18", num_classes=splits.num_classes, in_chans=splits.in_chans, img_size=data.img_size)
-    recipe = get_table(spec.name).training
-    defaults = RunConfig()
-    torch.manual_seed(0)
-    dense = build_model(spec).eval()
-    say(f"resnet18@32: training on digits ({args.epochs} epochs)")
-    start = time.perf_counter()
-    history = train(dense, splits.train, epochs=args.epochs, lr=recipe["lr"], batch_size=recipe["batch_size"],
-                    warmup=recipe["warmup"], schedule=recipe["schedule"], tune_set=splits.tune, patience=3,
-                    description="train resnet18")
-    out = {"spec": spec.to_dict(), "data": {**data.to_dict(), "samples": splits.describe()["samples"]},
-           "training": {"recipe": recipe, "epochs": args.epochs, "epochs_run": history["epochs_run"],
-                        "best_tune_accuracy": history["best_tune_accuracy"],
-                        "seconds": round(time.perf_counter() - start, 1)},
-           "finetune": {"epochs": defaults.finetune_epochs, "lr": defaults.finetune_lr,
-                        "batch_size": defaults.batch_size, "patience": defaults.finetune_patience,
-                        "bn_reestimation": "recalibrate_batchnorm on the whole fitted train split"},
-           "models": {}}
-    val_images, val_labels = stack(splits.val)
-    calibration, _ = stack(splits.calibration)
-    example = torch.zeros(spec.input_shape)
-    out["models"]["dense"] = {"val_accuracy_torch": evaluate(dense, splits.val)}
-    say(f"  dense: val accuracy {out['models']['dense']['val_accuracy_torch']:.4f}")
-    _, ratios, phase1 = balanced_ratios(dense, example, spec.name)
-    out["phase1"] = phase1
-    models, cuts = {"dense": dense}, {}
+# --- accuracy at 32x32 on digits: mixprune's own prune stage ----------------------------------
+def mixprune_prune(out: Path, *flags: str) -> RunDir:
+    """`mixprune prune --out OUT --finetune-top 1 FLAGS` in a subprocess (its status lines off)."""
+    command = [str(Path(sys.executable).with_name("mixprune")), "prune", "--out", str(out), "--finetune-top", "1", *flags]
+    say("  " + " ".join(command[1:]))
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MIXPRUNE_QUIET": "1"})
+    return RunDir(out)
+
+
+def candidate_row(run: RunDir, cid: str) -> dict:
+    strategy, evaluation = run.candidate(cid).read_strategy(), run.candidate(cid).read_eval()
+    return {"kind": strategy["kind"], "signal": strategy["signal"], "strategy": strategy["strategy"],
+            "global_sparsity": strategy["global_sparsity"], "macs_reduction": strategy.get("macs_reduction"),
+            "params_reduction": strategy.get("params_reduction"), "accuracy": evaluation["accuracy"],
+            "tune_accuracy": evaluation["tune_accuracy"], "accuracy_finetuned": evaluation["accuracy_finetuned"],
+            "tune_accuracy_finetuned": evaluation["tune_accuracy_finetuned"]}
+
+
+def family(run: RunDir, kind: str) -> dict:
+    """The fine-tuned Mix-and-Match candidate of ``kind`` (the best by tune accuracy) and its matched
+    baselines; and how the 30 Mix-and-Match candidates compare with each baseline before fine-tuning."""
+    rows = {cid: candidate_row(run, cid) for cid in run.candidate_ids()}
+    mixmatch = {cid: r for cid, r in rows.items() if r["kind"] == kind}
+    best = next(cid for cid, r in mixmatch.items() if r["accuracy_finetuned"] is not None)
+    baselines = run.candidate(best).read_strategy()["baselines"]
+    before = {b: {"accuracy": rows[b]["accuracy"],
+                  "mixmatch_at_or_above": sum(r["accuracy"] >= rows[b]["accuracy"] for r in mixmatch.values())}
+              for b in baselines}
+    return {"best": best, "rows": {cid: rows[cid] for cid in [best, *baselines]}, "mixmatch_count": len(mixmatch),
+            "mixmatch_best_accuracy": max(r["accuracy"] for r in mixmatch.values()),
+            "mixmatch_median_accuracy": statistics.median(r["accuracy"] for r in mixmatch.values()),
+            "baselines_before_finetune": before}
+
+
+def digits_part(name: str, flags: list[str], folder: Path, args) -> tuple[dict, dict, ModelSpec, RunDir]:
+    """Per MAC target: the structured run and the unstructured run at the same parameter count.
+    Returns (record, {cut id: (run, cid)}, spec, the first structured run)."""
+    out, cuts, checkpoint, first = {"model": name, "flags": flags, "targets": {}}, {}, None, None
     for target in MAC_TARGETS:
-        mid = f"cut{int(target * 100)}"
-        cut, info = make_cut(dense, example, ratios, target, "resnet18@32")
-        cuts[mid] = info
-        entry = {"val_accuracy_torch_raw": evaluate(cut, splits.val)}
-        recalibrate_batchnorm(cut, splits.train)
-        entry["val_accuracy_torch_bn"] = evaluate(cut, splits.val)
+        common = ["--model", name, *flags, "--img-size", "32",
+                  *(["--checkpoint", checkpoint] if checkpoint else ["--train-epochs", str(args.epochs)])]
         t0 = time.perf_counter()
-        tuned = train(cut, splits.train, epochs=defaults.finetune_epochs, lr=defaults.finetune_lr,
-                      batch_size=defaults.batch_size, tune_set=splits.tune, patience=defaults.finetune_patience,
-                      seed=0, description=f"fine-tune {mid}")
-        entry.update(val_accuracy_torch=evaluate(cut, splits.val), finetune_epochs_run=tuned["epochs_run"],
-                     finetune_best_tune_accuracy=tuned["best_tune_accuracy"],
-                     finetune_seconds=round(time.perf_counter() - t0, 1))
-        out["models"][mid] = entry
-        models[mid] = cut
-        say(f"  {mid}: MACs -{info['mac_reduction']:.3f}, accuracy raw {entry['val_accuracy_torch_raw']:.4f}, "
-            f"BN {entry['val_accuracy_torch_bn']:.4f}, fine-tuned {entry['val_accuracy_torch']:.4f}")
-    paths, exports = build_group(models, spec.input_shape, calibration.numpy(), val_images[:PARITY_IMAGES], folder,
-                                 "resnet18@32")
-    # held-out accuracy in onnxruntime: fp32 and INT8 of every model
-    logits = {vid: parity.ort_logits(parity.session(path.read_bytes(), vid), val_images) for vid, path in paths.items()}
-    dense_acc = float(np.mean(logits["dense"].argmax(1) == val_labels))
-    for vid, values in logits.items():
-        accuracy = float(np.mean(values.argmax(1) == val_labels))
-        parent = vid.removesuffix("+int8u")
-        entry = out["models"].setdefault(vid, {})
-        entry.update(val_accuracy_ort=accuracy, correct=int(np.sum(values.argmax(1) == val_labels)),
-                     drop_points_vs_dense=round(100 * (dense_acc - accuracy), 3))
-        if vid != parent:
-            entry["top1_agreement_with_fp32_parent"] = float(np.mean(values.argmax(1) == logits[parent].argmax(1)))
-    out["held_out_images"] = int(len(val_labels))
-    return out, {"paths": paths, "exports": exports, "cuts": cuts}, list(spec.input_shape)
+        structured = mixprune_prune(folder / f"{name}-structured-{target:g}", *common, "--mode", "structured",
+                                    "--macs-reduction", f"{target:g}")
+        first = first or structured
+        checkpoint = checkpoint or str(structured.dense.weights_file)
+        cut_family = family(structured, "structured")
+        sparsity = cut_family["rows"][cut_family["best"]]["global_sparsity"]
+        t1 = time.perf_counter()
+        unstructured = mixprune_prune(folder / f"{name}-unstructured-{target:g}", *common, "--mode", "unstructured",
+                                      "--sparsity", f"{sparsity:.4f}")
+        zeros_family = family(unstructured, "mixmatch")
+        dense = structured.dense.read_eval()
+        out["targets"][f"{target:g}"] = {
+            "dense": {"accuracy": dense["accuracy"], "tune_accuracy": dense["tune_accuracy"]},
+            "structured": cut_family, "unstructured_same_params": {**zeros_family, "sparsity": sparsity},
+            "seconds": {"structured_prune": round(t1 - t0, 1), "unstructured_prune": round(time.perf_counter() - t1, 1)}}
+        best = cut_family["rows"][cut_family["best"]]
+        say(f"  {name}@32 MACs -{target:g}: {cut_family['best']} {best['accuracy_finetuned']:.4f} "
+            f"(dense {dense['accuracy']:.4f}); unstructured at {sparsity:.3f} sparsity: "
+            f"{zeros_family['best']} {zeros_family['rows'][zeros_family['best']]['accuracy_finetuned']:.4f}")
+        cuts[f"cut{int(target * 100)}"] = (structured, cut_family["best"])
+    spec = ModelSpec.from_dict(first.load()["model"])
+    return out, cuts, spec, first
+
+
+def speed_models_32(name: str, cuts: dict, spec: ModelSpec, first: RunDir, folder: Path, calibration: np.ndarray,
+                    val_images: torch.Tensor, val_labels: np.ndarray) -> tuple[dict, dict, dict]:
+    """Export and quantize the dense model and the best structured cut at each target (fine-tuned);
+    held-out accuracy of each in onnxruntime. Returns (paths, exports, cut records)."""
+    models = {"dense": build_stored(spec, first.dense, "dense")}
+    records = {}
+    for mid, (run, cid) in cuts.items():
+        models[mid] = build_stored(spec, run.candidate(cid), cid)
+        strategy = run.candidate(cid).read_strategy()
+        before, after = strategy["macs"]["before"], strategy["macs"]["after"]
+        records[mid] = {"cid": cid, "macs_before": before, "macs_after": after, "mac_reduction": 1 - after / before,
+                        "mac_factor": before / after, "params_before": strategy["params"]["before"],
+                        "params_after": strategy["params"]["after"], "param_reduction": strategy["params_reduction"],
+                        "target_mac_reduction": strategy.get("target_macs_reduction")}
+    group = f"{name}@32"
+    paths, exports = build_group(models, spec.input_shape, calibration, val_images[:PARITY_IMAGES], folder, group)
+    accuracy = {}
+    for vid, path in paths.items():
+        logits = parity.ort_logits(parity.session(path.read_bytes(), vid), val_images)
+        accuracy[vid] = float(np.mean(logits.argmax(1) == val_labels))
+    for vid in exports:
+        if not vid.startswith("_"):
+            exports[vid]["held_out_accuracy_ort"] = accuracy[vid]
+    return paths, exports, records
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -436,8 +461,8 @@ def main() -> None:
     parser.add_argument("--process-seconds", type=float, default=20.0,
                         help="timed runs per agent process take about this long (sets runs per round)")
     parser.add_argument("--max-runs-per-round", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=8, help="dense training epochs at 32x32 on digits")
-    parser.add_argument("--no-accuracy", action="store_true", help="skip the digits part (resnet18@32 random weights)")
+    parser.add_argument("--epochs", type=int, default=15, help="dense training epochs at 32x32 on digits "
+                                                                  "(mixprune's default)")
     parser.add_argument("--models-dir", type=Path, default=None, help="keep the ONNX files here (default: a "
                                                                        "temporary folder, removed at the end)")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
@@ -465,7 +490,7 @@ def main() -> None:
                      "max_runs_per_round": args.max_runs_per_round, "torch_threads": torch.get_num_threads(),
                      "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
                      "efficiency_target": EFFICIENCY_TARGET, "random_model_kwargs": RANDOM_KWARGS},
-        "vit": None, "cuts": {}, "exports": {}, "timing": {}, "speed": {}, "accuracy": None,
+        "cuts": {}, "exports": {}, "timing": {}, "speed": {}, "accuracy": {},
     }
     timm = import_timm()
 
@@ -473,11 +498,6 @@ def main() -> None:
         atomic_write_json(args.out, record)
 
     try:
-        say(f"{VIT}: trying the structured pipeline")
-        record["vit"] = try_vit(timm)
-        say(f"  {VIT}: {record['vit']['status']} ({record['vit'].get('cut_error')})")
-        save()
-
         digits = load_splits(DataSpec())
         calibration_224 = upsample(stack(digits.calibration)[0][:CALIBRATION_224], 224, 3)
         groups = {}
@@ -488,11 +508,11 @@ def main() -> None:
             dense = timm.create_model(name, pretrained=False, **RANDOM_KWARGS.get(name, {})).eval()
             example = torch.randn(1, 3, 224, 224)
             t0 = time.perf_counter()
-            _, ratios, phase1 = balanced_ratios(dense, example, name)
-            models, cuts = {"dense": dense}, {"_phase1": {**phase1, "seconds": round(time.perf_counter() - t0, 1)}}
+            plan = balanced_plan(dense, example, name)
+            models, cuts = {"dense": dense}, {"_phase1": {**plan.phase1, "seconds": round(time.perf_counter() - t0, 1)}}
             for target in MAC_TARGETS:
                 mid = f"cut{int(target * 100)}"
-                models[mid], cuts[mid] = make_cut(dense, example, ratios, target, name)
+                models[mid], cuts[mid] = make_cut(dense, example, plan, target, name)
                 say(f"  {mid}: MACs {cuts[mid]['macs_before'] / 1e6:.0f}M -> {cuts[mid]['macs_after'] / 1e6:.0f}M "
                     f"(-{cuts[mid]['mac_reduction']:.3f}), params {cuts[mid]['params_before'] / 1e6:.2f}M -> "
                     f"{cuts[mid]['params_after'] / 1e6:.2f}M")
@@ -504,28 +524,17 @@ def main() -> None:
             groups[group] = (paths, [1, 3, 224, 224])
             save()
 
-        if args.no_accuracy:
-            say("resnet18@32: random weights (accuracy part skipped)")
-            torch.manual_seed(0)
-            dense = timm.create_model("resnet18", pretrained=False, in_chans=1, num_classes=10,
-                                      **RANDOM_KWARGS["resnet18"]).eval()
-            example = torch.zeros(1, 1, 32, 32)
-            _, ratios, phase1 = balanced_ratios(dense, example, "resnet18")
-            models, cuts = {"dense": dense}, {"_phase1": phase1}
-            for target in MAC_TARGETS:
-                mid = f"cut{int(target * 100)}"
-                models[mid], cuts[mid] = make_cut(dense, example, ratios, target, "resnet18@32")
-            paths, exports = build_group(models, (1, 1, 32, 32), stack(digits.calibration)[0].numpy(),
-                                         torch.randn(PARITY_IMAGES, 1, 32, 32), folder, "resnet18@32")
-            record["cuts"]["resnet18@32"], record["exports"]["resnet18@32"] = cuts, exports
-            groups["resnet18@32"] = (paths, [1, 1, 32, 32])
-        else:
-            accuracy, built, shape = accuracy_part(args, folder)
-            record["accuracy"] = accuracy
-            record["cuts"]["resnet18@32"] = {"_phase1": accuracy.pop("phase1"), **built["cuts"]}
-            record["exports"]["resnet18@32"] = built["exports"]
-            groups["resnet18@32"] = (built["paths"], shape)
-        save()
+        val_images, val_labels = stack(digits.val)
+        calibration_32 = stack(digits.calibration)[0].numpy()
+        for name, flags in DIGITS_MODELS.items():
+            say(f"{name}@32 on digits: mixprune prune, structured and unstructured at the same parameters")
+            record["accuracy"][name], cuts, spec, first = digits_part(name, flags, folder, args)
+            save()
+            paths, exports, cut_records = speed_models_32(name, cuts, spec, first, folder, calibration_32,
+                                                          val_images, val_labels)
+            record["cuts"][f"{name}@32"], record["exports"][f"{name}@32"] = cut_records, exports
+            groups[f"{name}@32"] = (paths, list(spec.input_shape))
+            save()
 
         for group, (paths, shape) in groups.items():
             say(f"{group}: timing {', '.join(paths)} ({args.processes} agent processes)")
@@ -567,17 +576,21 @@ def _version(package: str) -> str | None:
 def markdown_tables(record: dict) -> str:
     out = ["### Cuts (Torch-Pruning's MAC counter, batch 1)", "",
            "| model @ size | cut | MAC target | MACs before -> after (M) | MAC reduction | MAC factor | "
-           "params before -> after (M) | params reduction | channel ratio min / mean / max | layers cut |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "params before -> after (M) | params reduction | channel ratio min / mean / max (or candidate) | "
+           "layers cut | attention heads |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for group, cuts in record["cuts"].items():
         for mid, c in cuts.items():
             if mid.startswith("_"):
                 continue
+            ratios = (f"{c['channel_ratio_min']:.2f} / {c['channel_ratio_mean']:.2f} / {c['channel_ratio_max']:.2f}"
+                      if "channel_ratio_min" in c else c.get("cid", "-"))
+            layers = f"{c['layers_cut']}/{c['layers']}" if "layers" in c else "-"
+            heads = f"{c['heads_before']} -> {c['heads_after']}" if c.get("heads_before") else "-"
             out.append(f"| {group} | {mid} | {c['target_mac_reduction']:g} | {c['macs_before'] / 1e6:.1f} -> "
                        f"{c['macs_after'] / 1e6:.1f} | {c['mac_reduction']:.3f} | {c['mac_factor']:.2f}x | "
                        f"{c['params_before'] / 1e6:.3f} -> {c['params_after'] / 1e6:.3f} | {c['param_reduction']:.3f} | "
-                       f"{c['channel_ratio_min']:.2f} / {c['channel_ratio_mean']:.2f} / {c['channel_ratio_max']:.2f} | "
-                       f"{c['layers_cut']}/{c['layers']} |")
+                       f"{ratios} | {layers} | {heads} |")
     out += ["", "### Speed (onnxruntime CPU, 1 intra-op thread, batch 1, agent interleave mode)", "",
             "Speedup = 1 / median of the per-round paired ratios (variant / dense fp32) pooled over the agent "
             "processes, [quartiles]; p50 on the dense model's scale. Per MAC factor = speedup / (MACs before / "
@@ -637,28 +650,39 @@ def markdown_tables(record: dict) -> str:
         dense = ", ".join(f"{p['p50_ms'][t['ids'][0]]:.3f}" for p in t["processes"])
         out.append(f"| {group} | {c['runs'] // c['rounds']} x {c['rounds']} x {len(t['processes'])} | {loads} | "
                    f"{walls} | {dense} |")
-    if record.get("accuracy"):
-        a = record["accuracy"]
-        out += ["", f"### Accuracy: resnet18 at 32x32 on digits ({a['held_out_images']} held-out images)", "",
-                f"Dense: trained {a['training']['epochs_run']} epochs ({a['training']['seconds']:.0f} s). Cuts: BN "
-                f"re-estimated, then fine-tuned {a['finetune']['epochs']} epochs at lr {a['finetune']['lr']:g}.", "",
-                "| model | MAC reduction | torch: right after the cut | after BN re-estimation | after fine-tune | "
-                "onnxruntime fp32 | drop vs dense (points) | INT8 (uint8 act.) in onnxruntime | INT8 drop vs dense "
-                "(points) | INT8 top-1 agreement with its fp32 |", "|---|---|---|---|---|---|---|---|---|---|"]
-        cuts = record["cuts"]["resnet18@32"]
-        for mid in ("dense", *(k for k in a["models"] if k.startswith("cut") and "+" not in k)):
-            m, q = a["models"][mid], a["models"][f"{mid}+int8u"]
-            red = f"{cuts[mid]['mac_reduction']:.3f}" if mid in cuts else "0"
-            out.append(f"| {mid} | {red} | {_pct(m.get('val_accuracy_torch_raw'))} | "
-                       f"{_pct(m.get('val_accuracy_torch_bn'))} | {_pct(m['val_accuracy_torch'])} | "
-                       f"{_pct(m['val_accuracy_ort'])} | {m['drop_points_vs_dense']:.2f} | {_pct(q['val_accuracy_ort'])} | "
-                       f"{q['drop_points_vs_dense']:.2f} | {_pct(q['top1_agreement_with_fp32_parent'])} |")
-    vit = record.get("vit")
-    if vit:
-        out += ["", f"### {vit['model']}: {vit['status']}", "",
-                f"- passed: {', '.join(vit['steps_passed']) or 'nothing'}",
-                f"- CutError ({vit.get('failed_at', '-')}): `{vit.get('cut_error')}`",
-                f"- direct cut of `blocks.0.attn.qkv.weight` at 0.25: `{vit.get('qkv_cut_error')}`"]
+    for name, a in record.get("accuracy", {}).items():
+        out += ["", f"### Accuracy: {name} at 32x32 on digits (mixprune prune; held-out split)", "",
+                "Each MAC target: the structured run's fine-tuned best Mix-and-Match candidate and its matched "
+                "structured baselines at the same MACs, then the unstructured run at the same share of prunable "
+                "weights removed (`--sparsity`), its fine-tuned best and matched baselines. Accuracy after BN "
+                "re-estimation, then after fine-tuning.", "",
+                "| MAC target | family | candidate | MACs cut | prunable weights cut | accuracy (BN re-est.) | "
+                "fine-tuned | drop vs dense (points) |", "|---|---|---|---|---|---|---|---|"]
+        for target, t in a["targets"].items():
+            dense = t["dense"]["accuracy"]
+            out.append(f"| {target} | dense | dense | 0 | 0 | {_pct(dense)} | - | 0 |")
+            for label, fam in (("structured", t["structured"]), ("unstructured", t["unstructured_same_params"])):
+                for cid, r in fam["rows"].items():
+                    final = r["accuracy_finetuned"]
+                    macs = f"{r['macs_reduction']:.3f}" if r["macs_reduction"] is not None else "0 (zeros)"
+                    drop = f"{100 * (dense - final):.2f}" if final is not None else "-"
+                    out.append(f"| {target} | {label} | {'**' + cid + '**' if cid == fam['best'] else cid} | {macs} | "
+                               f"{r['global_sparsity']:.3f} | {_pct(r['accuracy'])} | {_pct(final)} | {drop} |")
+        out += ["", f"Before fine-tuning, the {name} Mix-and-Match candidates against each matched baseline "
+                "(how many of them are at least as accurate):", "",
+                "| MAC target | family | Mix-and-Match best / median | baseline | baseline accuracy | "
+                "Mix-and-Match at or above it |", "|---|---|---|---|---|---|"]
+        for target, t in a["targets"].items():
+            for label, fam in (("structured", t["structured"]), ("unstructured", t["unstructured_same_params"])):
+                for base, b in fam["baselines_before_finetune"].items():
+                    out.append(f"| {target} | {label} | {_pct(fam['mixmatch_best_accuracy'])} / "
+                               f"{_pct(fam['mixmatch_median_accuracy'])} | {base} | {_pct(b['accuracy'])} | "
+                               f"{b['mixmatch_at_or_above']}/{fam['mixmatch_count']} |")
+        exports = record["exports"].get(f"{name}@32", {})
+        if exports:
+            out += ["", f"{name}@32 in onnxruntime (held-out accuracy): " + ", ".join(
+                f"{vid} {_pct(e['held_out_accuracy_ort'])}" for vid, e in exports.items()
+                if not vid.startswith("_") and "held_out_accuracy_ort" in e)]
     out += ["", "### Parity and export checks (fp32 ONNX vs torch, 4 images)", "",
             "| model @ size | variant | max abs logit diff | top-1 agreement | weights torch -> ONNX | simplify |",
             "|---|---|---|---|---|---|"]

@@ -27,7 +27,13 @@ def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run
     cids = sorted(p.name for p in (quick_run / "candidates").iterdir())
     assert sorted(r["cid"] for r in ranking["candidates"]) == cids
     kinds = {r["kind"] for r in ranking["candidates"]}
-    assert kinds == {"mixmatch", "baseline", "int8"}  # the matched global baselines rank too, and INT8 variants
+    # the matched baselines rank too, INT8 variants, and (run's --mode both) the structured family
+    assert kinds == {"mixmatch", "baseline", "structured", "int8"}
+    for row in ranking["candidates"]:
+        strategy = load(quick_run / "candidates" / row["cid"] / "strategy.json")
+        assert row["mode"] == ("structured" if row["cid"].startswith("st-") else "unstructured"), row["cid"]
+        assert row["macs_reduction"] == strategy.get("macs_reduction"), row["cid"]
+        assert (row["macs_reduction"] is not None) == (row["mode"] == "structured"), row["cid"]
     exported = {p.parent.name for p in (quick_run / "candidates").glob("*/export.json") if "+" not in p.parent.name}
     variants = {r["cid"] for r in ranking["candidates"] if r["kind"] == "int8"}
     assert variants == {f"{m}{s}" for m in exported | {"dense"} for s in ("+int8", "+int8u")}  # run quantizes: auto
@@ -49,11 +55,13 @@ def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run
             assert bench["interleaved"]["reference"] == "dense" and "dense" in bench["interleaved"]["group"]
             assert row["bytes"] == load(folder / "export.json")["bytes"]
         assert row["eligible"] == (not row["reasons"]) == (row["reason"] is None)
-    # `run --quick` exported the export_top most accurate candidates within the drop
-    passing = sorted((r for r in ranking["candidates"] if not any("accuracy" in x for x in r["reasons"])
-                      and r["kind"] != "int8"), key=lambda r: (-r["tune_accuracy"], r["cid"]))
-    fp32_eligible = [r["cid"] for r in ranking["candidates"] if r["eligible"] and r["kind"] != "int8"]
-    assert sorted(fp32_eligible) == sorted(r["cid"] for r in passing[: QUICK_DEFAULTS["export_top"]])
+    # `run --quick` exported the export_top most accurate candidates of each family within the drop
+    for mode in ("unstructured", "structured"):
+        passing = sorted((r for r in ranking["candidates"] if not any("accuracy" in x for x in r["reasons"])
+                          and r["kind"] != "int8" and r["mode"] == mode), key=lambda r: (-r["tune_accuracy"], r["cid"]))
+        fp32_eligible = [r["cid"] for r in ranking["candidates"]
+                         if r["eligible"] and r["kind"] != "int8" and r["mode"] == mode]
+        assert sorted(fp32_eligible) == sorted(r["cid"] for r in passing[: QUICK_DEFAULTS["export_top"]]), mode
 
 
 def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_so(quick_run, run_copy):
@@ -62,8 +70,9 @@ def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_s
     host = ranking["devices"][0]
     assert host["name"] == "host" and not host["same_speed"] and host["latency_source"] == "interleaved"
 
-    def latency(r):  # fp32 models run the same kernels: they share one figure
-        return host["fp32_shared_p50_ms"] if r["kernels"] == "fp32" else r["devices"]["host"]["p50_ms"]
+    def latency(r):  # fp32 models that differ from dense only in zeros run its kernels: they share one figure
+        same = r["kernels"] == "fp32" and r["mode"] == "unstructured"
+        return host["fp32_shared_p50_ms"] if same else r["devices"]["host"]["p50_ms"]
 
     fastest = min(latency(r) for r in eligible)
     tied = [r for r in eligible if latency(r) - fastest <= host["latency_band_ms"]]
@@ -77,9 +86,9 @@ def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_s
     assert ranking["chosen"] in ranking["pareto"] or all(
         latency(by_id[c]) - fastest > host["latency_band_ms"] for c in ranking["pareto"]
         if by_id[c]["tune_accuracy"] > best["tune_accuracy"])
-    # without the INT8 variants, every candidate runs dense's kernels: speed ties by construction
-    for variant in run_copy.glob("candidates/*+*"):
-        shutil.rmtree(variant)
+    # without the INT8 variants and the cut models, every candidate runs dense's kernels: speed ties by construction
+    for other in {*run_copy.glob("candidates/*+*"), *run_copy.glob("candidates/st-*")}:
+        shutil.rmtree(other)
     assert cli("rank", run_copy).exit_code == 0
     fp32_only = load(run_copy / "ranking.json")
     assert fp32_only["devices"][0]["same_speed"] and "not in speed" in fp32_only["speed_note"]
@@ -181,7 +190,7 @@ def _records(tmp_path, rows: dict, mode="structured"):
     for cid, (acc, p50, p90, size) in rows.items():
         models[cid] = {
             "strategy": {"kind": "mixmatch", "signal": "magnitude", "strategy": "x", "global_sparsity": 0.5,
-                         "mode": mode},
+                         "mode": mode, **({"macs_reduction": 0.4} if mode == "structured" else {})},
             "eval": _eval(acc),
             "export": {"verified": True, "bytes": {"compact": size}, "storage": "dense"},
             "bench": {"dev": {"latency_ms": {"p50": p50, "p90": p90}, "peak_rss_mb": 50.0, "model_bytes": size,
@@ -197,6 +206,7 @@ def test_latency_within_noise_is_a_tie_broken_by_accuracy(tmp_path):
                                   "slow": (0.9, 12.0, 12.1, 50)})
     ranking = rk.rank(records, max_drop=1.0)
     assert ranking["chosen"] == "close"
+    assert "50.0% of the prunable weights and 40.0% of the MACs cut away" in ranking["chosen_why"]
     assert [r["cid"] for r in ranking["candidates"]] == ["close", "fast", "slow"]
     assert ranking["devices"][0]["latency_band_ms"] == pytest.approx(0.5)
     # beyond the band, speed wins over accuracy
