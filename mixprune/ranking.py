@@ -480,8 +480,9 @@ def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, d
     drop = chosen["drop_points"]
     versus = f"drop {drop:.2f} points" if drop >= 0 else f"{-drop:.2f} points above it"
     kernels = f"INT8 ({chosen['activation']} activations) of {chosen['parent']}, " if chosen["kernels"] == "int8" else ""
-    cut = (f"{_pct(chosen['global_sparsity'])} of the prunable weights and {_pct(chosen['macs_reduction'])} of "
-           "the MACs cut away" if chosen["mode"] == "structured" else f"{_pct(chosen['global_sparsity'])} sparsity")
+    macs = f" and {_pct(chosen['macs_reduction'])} of the MACs" if chosen["macs_reduction"] is not None else ""
+    cut = (f"{_pct(chosen['global_sparsity'])} of the prunable weights{macs} cut away" if chosen["mode"] == "structured"
+           else f"{_pct(chosen['global_sparsity'])} sparsity")
     return (f"{chosen['cid']}: {ties}{among}: held-out accuracy {chosen['accuracy']:.4f} (dense "
             f"{dense['accuracy']:.4f}, {versus}; chosen on the tune split: {chosen['tune_accuracy']:.4f} vs dense "
             f"{dense['tune_accuracy']:.4f}), {cut}, {kernels}"

@@ -73,6 +73,29 @@ def make_run(root: Path, spec: ModelSpec, ratios: dict[str, float], seed: int = 
     return root
 
 
+def add_cut_candidate(run: RunDir, spec: ModelSpec, cid: str, ratio: float = 0.5):
+    """A structured candidate in ``run``, as the prune stage stores one: every cuttable layer loses
+    ``ratio`` of its channels (magnitude), stored as its cut and nothing else (no retraining, so no
+    tensor differs from the replayed cut). Returns the cut torch model."""
+    from mixprune.models import build_stored
+    from mixprune.pruning.cut import Blueprint, cut_model, score_groups
+    from mixprune.pruning.structured import cuttable_layers, describe_cut
+
+    dense = build_stored(spec, run.dense, "dense")
+    example = torch.zeros(1, *spec.input_shape[1:])
+    ratios = {layer.name: ratio for layer in cuttable_layers(dense)}
+    cut_net, cut = cut_model(dense, example, ratios, score_groups(dense, example, "magnitude"), round_to=4,
+                             label=spec.name)
+    folder = run.candidate(cid)
+    folder.save_state(cut.to_dict(), {})
+    described = describe_cut(Blueprint(dense, example, spec.name), cut_net, example)
+    folder.write_strategy({"cid": cid, "kind": "structured", "signal": "magnitude", "strategy": "balanced",
+                           "layers": ratios, "global_sparsity": described["params_reduction"], "mode": "structured",
+                           **described})
+    folder.write_eval({"accuracy": 0.1})
+    return cut_net
+
+
 @pytest.fixture
 def build_run(tmp_path):
     """build_run(family, {cid: ratio}) -> a fresh run directory of a tiny model of that family."""

@@ -7,15 +7,13 @@ import json
 
 import onnx
 import pytest
-import torch
 
 from mixprune.errors import CheckpointError
 from mixprune.exporter import stage
 from mixprune.models import build_model, build_stored, numpy_state
-from mixprune.pruning.cut import channel_counts, cut_model, score_groups
 from mixprune.runs import CutDir, RunDir
 
-from tests.exporter.conftest import SPECS, make_run
+from tests.exporter.conftest import SPECS, add_cut_candidate, make_run
 
 CID = "st-magnitude-balanced"
 
@@ -24,17 +22,8 @@ CID = "st-magnitude-balanced"
 def structured_run(tmp_path_factory):
     spec = SPECS["resnet"]
     run = RunDir(make_run(tmp_path_factory.mktemp("structured") / "run", spec, {}))
-    dense = build_stored(spec, run.dense, "dense")
-    example = torch.zeros(1, *spec.input_shape[1:])
-    ratios = {n: 0.5 for n in channel_counts(dense) if n != "fc.weight"}
-    cut_net, cut = cut_model(dense, example, ratios, score_groups(dense, example, "magnitude"), round_to=4,
-                             label=spec.name)
-    folder = run.candidate(CID)
-    assert isinstance(folder, CutDir)
-    folder.save_state(cut.to_dict(), numpy_state(cut_net))
-    folder.write_strategy({"cid": CID, "kind": "structured", "signal": "magnitude", "strategy": "balanced",
-                           "layers": ratios, "global_sparsity": 0.0, "mode": "structured"})
-    folder.write_eval({"accuracy": 0.1})
+    cut_net = add_cut_candidate(run, spec, CID)
+    assert isinstance(run.candidate(CID), CutDir)
     results = stage.export_run(run.root, [CID], stage.ExportOptions(parity_samples=32, quantize="static"))
     return spec, run, cut_net, results
 
