@@ -32,12 +32,8 @@ from .ranges import RuleTable, get_table, layer_ranges
 from .roles import Layer, discover_layers, prunable_parameters
 from .scores import BASELINES, SIGNALS, ScoreFn, global_methods
 from .signals import calibrate, score_all
-from .strategies import STRATEGIES, shift_to_sparsity
+from .strategies import STRATEGIES, rounded, shift_to_sparsity
 from .structured_stage import CutPlan, prune_structured
-
-
-def _rounded(ratios: dict[str, float]) -> dict[str, float]:
-    return {name: round(v, 6) for name, v in ratios.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +57,9 @@ class MixMatchPlan:
 
     def record(self, masks: dict) -> dict:
         shifted = {} if self.target_sparsity is None else {
-            "sampled": _rounded(self.sampled), "target_sparsity": self.target_sparsity}
+            "sampled": rounded(self.sampled), "target_sparsity": self.target_sparsity}
         matched = {"baselines": list(self.baselines)} if self.baselines else {}
-        return {"signal": self.signal, "strategy": self.strategy, "layers": _rounded(self.ratios), **shifted, **matched}
+        return {"signal": self.signal, "strategy": self.strategy, "layers": rounded(self.ratios), **shifted, **matched}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +85,10 @@ class BaselinePlan:
 
     def record(self, masks: dict) -> dict:
         if self.strategy == "global":  # the ratio the threshold left in each layer
-            return {"signal": self.method, "strategy": self.strategy, "layers": _rounded(masklib.mask_ratios(masks)),
+            return {"signal": self.method, "strategy": self.strategy, "layers": rounded(masklib.mask_ratios(masks)),
                     "global_target": self.sparsity}
         return {"signal": self.method, "strategy": self.strategy,
-                "layers": _rounded({name: self.sparsity for name in masks})}
+                "layers": rounded({name: self.sparsity for name in masks})}
 
 
 Plan = MixMatchPlan | BaselinePlan
@@ -215,7 +211,7 @@ def ranges_stage(inputs: Inputs, dense_weights: dict, calibration: dict) -> dict
     inputs.run.write_ranges({
         "model": inputs.spec.name, "rule_table": inputs.table.describe(), "targets": list(inputs.config.targets),
         "methods": list(methods), "layers": ranges,
-        "global_runs": {label: _rounded(ratios) for label, ratios in runs.items()}})
+        "global_runs": {label: rounded(ratios) for label, ratios in runs.items()}})
     return ranges
 
 
@@ -285,7 +281,7 @@ class Pruner:
         described = plan.record(masks)
         folder.write_strategy({
             "cid": plan.cid, "kind": plan.kind, **described, "global_sparsity": round(global_sparsity, 6),
-            "measured": _rounded(measured), "rule_table": inputs.table.name})
+            "measured": rounded(measured), "rule_table": inputs.table.name})
         record = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
                   "finetune": None, "weights_sha256": digest}
         folder.write_eval(record)

@@ -16,6 +16,12 @@ from mixprune.registry import Registry
 from .masks import achieved_sparsity
 from .roles import Layer
 
+
+def rounded(ratios: dict[str, float]) -> dict[str, float]:
+    """Per-layer ratios as records keep them (6 decimals)."""
+    return {name: round(v, 6) for name, v in ratios.items()}
+
+
 StrategyFn = Callable[[list[Layer], dict], dict[str, float]]
 STRATEGIES: Registry[StrategyFn] = Registry("strategy")
 

@@ -28,7 +28,7 @@ from .cut import IMPORTANCES, Blueprint, GroupScores, cut_model, score_groups
 from .roles import Layer, discover_layers
 from .scores import STRUCTURED_BASELINES
 from .signals import accumulate_gradients
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, rounded
 from .structured import (baseline_ratios, cut_ratios, cuttable_layers, describe_cut, macs_reduction, shift_to_macs,
                          structured_ranges, within_caps)
 
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
     from .stage import Inputs
 
 Measure = Callable[[torch.nn.Module, str], dict]  # (model, label) -> eval.json's accuracies
-
-
-def _rounded(ratios: dict[str, float]) -> dict[str, float]:
-    return {name: round(v, 6) for name, v in ratios.items()}
 
 
 def baseline_cid(method: str, reduction: float) -> str:
@@ -63,8 +59,8 @@ class CutPlan:
         return self.signal
 
     def record(self) -> dict:
-        shifted = {} if self.target is None else {"sampled": _rounded(self.sampled), "target_macs_reduction": self.target}
-        return {"signal": self.signal, "strategy": self.strategy, "layers": _rounded(self.ratios), **shifted,
+        shifted = {} if self.target is None else {"sampled": rounded(self.sampled), "target_macs_reduction": self.target}
+        return {"signal": self.signal, "strategy": self.strategy, "layers": rounded(self.ratios), **shifted,
                 "baselines": list(self.baselines)}
 
 
@@ -83,7 +79,7 @@ class CutBaselinePlan:
 
     def record(self) -> dict:
         return {"signal": self.method, "strategy": STRUCTURED_BASELINES.get(self.method).strategy,
-                "layers": _rounded(self.ratios), "global_target_macs_reduction": self.target}
+                "layers": rounded(self.ratios), "global_target_macs_reduction": self.target}
 
 
 StructuredPlan = CutPlan | CutBaselinePlan
@@ -122,7 +118,7 @@ def phase1(inputs: Inputs) -> Structured:
     ranges, runs, achieved = structured_ranges(blueprint, scores, layers, inputs.table, targets=cfg.macs_targets,
                                                round_to=cfg.round_to)
     block = {"importances": list(scores), "macs_targets": list(cfg.macs_targets), "round_to": cfg.round_to,
-             "layers": ranges, "global_runs": {k: _rounded(v) for k, v in runs.items()}, "achieved": achieved}
+             "layers": ranges, "global_runs": {k: rounded(v) for k, v in runs.items()}, "achieved": achieved}
     record.update({"model": inputs.spec.name, "rule_table": inputs.table.describe(), "structured": block})
     record.setdefault("layers", ranges)  # a structured-only run: its prunable layers are the cuttable ones
     run.write_ranges(record)
@@ -193,7 +189,7 @@ class Cutter:
         folder.write_strategy({
             "cid": plan.cid, "kind": plan.kind, "mode": "structured", **plan.record(),
             "global_sparsity": round(removed, 6),  # the share of the dense model's prunable weights cut away
-            "measured": _rounded({n: 1 - after[n] / before[n] for n in prunable}), "round_to": cfg.round_to,
+            "measured": rounded({n: 1 - after[n] / before[n] for n in prunable}), "round_to": cfg.round_to,
             "rule_table": inputs.table.name, **described})
         eval_record = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
                        **inputs.sample_counts(), "finetune": None, "weights_sha256": digest}

@@ -661,7 +661,7 @@ def markdown_tables(record: dict) -> str:
         for target, t in a["targets"].items():
             dense = t["dense"]["accuracy"]
             out.append(f"| {target} | dense | dense | 0 | 0 | {_pct(dense)} | - | 0 |")
-            for label, fam in (("structured", t["structured"]), ("unstructured", t["unstructured_same_params"])):
+            for label, fam in _families(t):
                 for cid, r in fam["rows"].items():
                     final = r["accuracy_finetuned"]
                     macs = f"{r['macs_reduction']:.3f}" if r["macs_reduction"] is not None else "0 (zeros)"
@@ -673,7 +673,7 @@ def markdown_tables(record: dict) -> str:
                 "| MAC target | family | Mix-and-Match best / median | baseline | baseline accuracy | "
                 "Mix-and-Match at or above it |", "|---|---|---|---|---|---|"]
         for target, t in a["targets"].items():
-            for label, fam in (("structured", t["structured"]), ("unstructured", t["unstructured_same_params"])):
+            for label, fam in _families(t):
                 for base, b in fam["baselines_before_finetune"].items():
                     out.append(f"| {target} | {label} | {_pct(fam['mixmatch_best_accuracy'])} / "
                                f"{_pct(fam['mixmatch_median_accuracy'])} | {base} | {_pct(b['accuracy'])} | "
@@ -699,6 +699,11 @@ def markdown_tables(record: dict) -> str:
                 f"onnx {v['onnx']}, onnxruntime {v['onnxruntime']}, numpy {v['numpy']}. Date {record['date']}; wall "
                 f"{record.get('wall_seconds')} s; complete: {record['complete']}."]
     return "\n".join(out)
+
+
+def _families(target: dict) -> tuple:
+    """(label, family record) of one MAC target's structured run and its same-parameter unstructured run."""
+    return ("structured", target["structured"]), ("unstructured", target["unstructured_same_params"])
 
 
 def _pct(value) -> str:
