@@ -204,7 +204,14 @@ OPTIONS: dict[str, tuple[str, dict]] = {
                             help="unstructured: zeros in the weights (smaller files, dense speed); structured: "
                                  "whole channels cut (smaller, faster models); both: the two families side by side.")),
     "executor": ("--executor", dict(type=click.Choice(EXECUTORS), default=FROM_CONFIG,
-                                    help=f"Where stages run; {FIELDS['executor'].note}.")),
+                                    help="Where the per-candidate work runs: in this process, or as tasks on a "
+                                         f"Ray cluster (same results; {FIELDS['executor'].note}).")),
+    "ray_address": ("--ray-address", dict(default=FROM_CONFIG, metavar="auto|HOST:PORT",
+                                          help="--executor ray: the cluster to join (auto: the one `ray start` made "
+                                               "on this machine); none: a local Ray instance, started and stopped "
+                                               "by mixprune.")),
+    "ray_cpus_per_task": ("--ray-cpus-per-task", dict(type=click.IntRange(min=1), default=FROM_CONFIG,
+                                                      help="--executor ray: CPUs (and torch threads) per task.")),
     "quick": ("--quick", dict(is_flag=True, default=None,
                               help=f"Tiny configuration for tests and smoke checks: {_settings(QUICK_DEFAULTS)} "
                                    f"(flags you give and --config still win).")),
@@ -237,7 +244,7 @@ def _options(defaults: dict, *names: str, **changes: dict):
 @_options(CONFIG_DEFAULTS, "model", "data", "out", "checkpoint", "pretrained", "pretrained_file", "model_args",
           "img_size", "train_epochs", "train_lr", "mode", "signals", "baselines", "targets", "sparsity",
           "macs_targets", "macs_reduction", "structured_baselines", "round_to", "rules", "calib_fraction", "recalibrate", "finetune_epochs", "finetune_top", "finetune_lr", "seed",
-          "config_file", "resume",
+          "executor", "ray_address", "ray_cpus_per_task", "config_file", "resume",
           out={"help": "Run directory to create, e.g. runs/demo (required: here or in --config)."})
 @click.pass_context
 def prune(ctx, config_file, resume, **flags):
@@ -489,7 +496,8 @@ def verify(bundle):
 @_options(RUN_FLAG_DEFAULTS, "model", "data", "checkpoint", "devices", "max_drop", "objective", "out", "img_size",
           "train_epochs", "signals", "sparsity", "macs_reduction", "finetune_epochs", "finetune_top", "export_top",
           "storage",
-          "quantize", "bench_runs", "seed", "mode", "executor", "quick", "config_file", "resume",
+          "quantize", "bench_runs", "seed", "mode", "executor", "ray_address", "ray_cpus_per_task", "quick",
+          "config_file", "resume",
           out={"show_default": "runs/<model>-<data>"})
 @click.option("--force", is_flag=True, help="Delete an existing run in --out and start over.")
 @click.pass_context

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from .errors import ConfigError
+from .executors import EXECUTORS as executor_registry
 from .pruning import scores
 from .settings import Field, check, read_toml
 
@@ -23,11 +24,10 @@ STORAGES = ("dense", "sparse")
 MODE_FAMILIES = {"unstructured": ("unstructured",), "structured": ("structured",),
                  "both": ("unstructured", "structured")}
 MODES = tuple(MODE_FAMILIES)
-# Seam for a later issue: the values that exist today (FIELDS' note on "executor" names what it adds).
 # --quantize: which INT8 variants each model gets, by activation type (exporter/quantize.py).
 # static: the type measured fastest on this x86 host (uint8); auto: both, the bench decides.
 QUANTIZE = {"none": (), "static": ("uint8",), "auto": ("int8", "uint8")}
-EXECUTORS = ("local",)
+EXECUTORS = tuple(executor_registry.names())  # local, ray (mixprune/executors)
 # the authors' cap on one layer's ratio when shifting a strategy to a common global sparsity
 # (pruning/strategies.py); a --sparsity above it is out of reach for any model (at it, every layer sits at
 # the cap; a model whose ranges pin some layers at 0 cannot reach it, which the shift reports)
@@ -67,7 +67,7 @@ class RunConfig:
     finetune_top: int = 3
     finetune_lr: float = 1e-4
     finetune_patience: int = 3
-    # later stages (a seam: EXECUTORS says what exists today)
+    # later stages
     out: str | None = None
     devices: tuple = ("host",)
     max_drop: float = 1.0
@@ -79,7 +79,10 @@ class RunConfig:
     bench_warmup: int | None = None
     quick: bool = False
     mode: str = MODES[0]
-    executor: str = EXECUTORS[0]
+    # where the per-candidate work runs (mixprune/executors): same results either way
+    executor: str = "local"
+    ray_address: str | None = None  # None: a local Ray instance, started and stopped by mixprune
+    ray_cpus_per_task: int = 1
 
     def __post_init__(self):
         self.validate()
@@ -154,8 +157,12 @@ FIELDS: dict[str, Field] = {
     "bench_warmup": Field("int", range=">= 0", optional=True),
     "quick": Field("bool"),
     "mode": Field("str", choices=MODES),
-    "executor": Field("str", choices=EXECUTORS, note="a later issue adds ray"),
+    "executor": Field("str", choices=EXECUTORS, note="ray needs the optional extra: pip install -e \".[ray]\""),
+    "ray_address": Field("str", optional=True, note="auto, host:port, or none for a local instance"),
+    "ray_cpus_per_task": Field("int", range=">= 1"),
 }
+# fields that say where work runs, not what it makes: a resumed run may change them
+PLACEMENT = frozenset({"executor", "ray_address", "ray_cpus_per_task"})
 assert set(FIELDS) == RunConfig.field_names(), "FIELDS and RunConfig disagree"
 
 # The command-line flag of each field, where `prune` or `run` has one: --img-size for img_size
@@ -221,8 +228,10 @@ def resolve_resume(toml_file: str | None, explicit: dict, presets: tuple = ()) -
     names.update({k: f"{k} in {toml_file}" for k in from_file - set(explicit)})
     # the run is where --out says: a run directory moved or copied elsewhere resumes there
     clashes = sorted(label for k, label in names.items()
-                     if k != "out" and k in stored and requested.get(k) != stored[k])
+                     if k != "out" and k not in PLACEMENT and k in stored and requested.get(k) != stored[k])
     if clashes:
         raise ConfigError(f"--resume: {', '.join(clashes)} differ from the run in {out}; "
                           f"drop those settings or start a new run with another --out")
-    return RunConfig.build(**{**{k: v for k, v in stored.items() if k in RunConfig.field_names()}, "out": str(out)})
+    placement = {k: requested[k] for k in PLACEMENT & set(names)}  # either executor resumes a run
+    return RunConfig.build(**{**{k: v for k, v in stored.items() if k in RunConfig.field_names()}, **placement,
+                              "out": str(out)})

@@ -49,3 +49,7 @@ class BenchmarkError(MixpruneError):
 
 class BundleError(MixpruneError):
     """A release bundle that is corrupt, tampered with or unsafe to extract."""
+
+
+class ExecutorError(MixpruneError):
+    """An executor that cannot start: Ray not installed, a cluster that cannot be reached."""

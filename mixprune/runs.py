@@ -246,7 +246,11 @@ class CandidateDir(TorchModelDir):
         """Store the full state dict ``full`` whose ``pruned`` parameters hold the zeros; returns the digest."""
         from . import masked
 
-        stored = masked.split(full, self.run.dense_state(), pruned)
+        return self.save_stored(masked.split(full, self.run.dense_state(), pruned))
+
+    def save_stored(self, stored) -> str:
+        """Store a candidate already split into masks, values and state (``masked.MaskedWeights``);
+        returns the digest."""
         files = {"masks_sha256": _sha256(_write_tensors(self.masks_file, stored.masks))}
         if stored.values is None:
             self.values_file.unlink(missing_ok=True)

@@ -12,15 +12,19 @@ knows its scores, its masks and its record.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 import zlib
 
+import numpy as np
 import torch
 
 from mixprune.accuracy import selection_accuracy
 from mixprune.config import MODE_FAMILIES, RunConfig
 from mixprune.data import DataSpec, Splits, load_splits
+from mixprune import masked
 from mixprune.errors import CutError, RunDirError
+from mixprune.executors import Executor, ExecutorOptions, open_executor
 from mixprune.models import ModelSpec, build_model, build_stored, load_state, load_weights, numpy_state
 from mixprune.progress import Counter, progress_bar, say
 from mixprune.runs import CutDir, RunDir, package_versions
@@ -254,7 +258,7 @@ def measure(inputs: Inputs, recal_set, model: torch.nn.Module, label: str) -> di
 
 @dataclasses.dataclass
 class Pruner:
-    """Phase 3 for one plan at a time: mask the dense model, re-estimate normalization, evaluate, store."""
+    """Phase 3 for one plan at a time: mask the dense model, re-estimate normalization, evaluate."""
     inputs: Inputs
     dense_state: dict  # torch tensors, restored before every candidate
     dense_weights: dict  # the prunable ones
@@ -267,25 +271,74 @@ class Pruner:
             self._scores[fn] = score_all(fn, self.dense_weights, self.calibration)
         return self._scores[fn]
 
-    def prune(self, plan: Plan) -> dict:
-        """Write the candidate's weights, strategy.json and eval.json (last); returns the eval record."""
+    def evaluate(self, plan: Plan) -> CandidateResult:
+        """The candidate's stored weights and records (nothing is written here)."""
         inputs = self.inputs
-        folder = inputs.run.candidate(plan.cid)
         inputs.model.load_state_dict(self.dense_state)
         params = inputs.params
         masks = plan.masks(self.scores(plan.score))
         masklib.apply_masks(params, masks)
         measured, global_sparsity = masklib.measured_sparsity(params)
         accuracy = measure(inputs, self.recal_set, inputs.model, plan.cid)
-        digest = folder.save_state(numpy_state(inputs.model), pruned=list(masks))
-        described = plan.record(masks)
-        folder.write_strategy({
-            "cid": plan.cid, "kind": plan.kind, **described, "global_sparsity": round(global_sparsity, 6),
-            "measured": rounded(measured), "rule_table": inputs.table.name})
-        record = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
-                  "finetune": None, "weights_sha256": digest}
-        folder.write_eval(record)
-        return record
+        stored = masked.split(numpy_state(inputs.model), numpy_state(self.dense_state), list(masks))
+        strategy = {"cid": plan.cid, "kind": plan.kind, **plan.record(masks), "global_sparsity": round(global_sparsity, 6),
+                    "measured": rounded(measured), "rule_table": inputs.table.name}
+        evaluation = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
+                      "finetune": None}
+        return CandidateResult(stored, strategy, evaluation)
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateResult:
+    """What one candidate task returns to the driver: masks + state, strategy.json and eval.json."""
+    stored: masked.MaskedWeights
+    strategy: dict
+    evaluation: dict  # eval.json but for the weights digest, which the driver's write gives
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateWork:
+    """What every candidate task shares: put into the executor's object store once per run."""
+    key: str  # names this work in a worker process's cache
+    config: RunConfig
+    spec: ModelSpec
+    splits: Splits
+    dense_state: dict  # numpy arrays
+    calibration: dict  # {"grad" | "hg": {name: numpy array}}
+
+
+_PRUNERS: dict[str, Pruner] = {}  # per process: the Pruner of the CandidateWork it serves
+
+
+def _pruner_for(work: CandidateWork) -> Pruner:
+    """A worker's Pruner for ``work``, made once per process (model, scores and data loaded once)."""
+    if work.key not in _PRUNERS:
+        _PRUNERS.clear()
+        model = build_model(work.spec).eval()
+        dense_state = {name: torch.from_numpy(np.array(value)) for name, value in work.dense_state.items()}
+        model.load_state_dict(dense_state)
+        inputs = Inputs(config=work.config, run=RunDir(work.config.out), spec=work.spec, splits=work.splits,
+                        model=model, layers=discover_layers(model), table=get_table(work.config.model, work.config.rules))
+        calibration = {kind: {name: torch.from_numpy(np.array(v)) for name, v in per.items()}
+                       for kind, per in work.calibration.items()}
+        dense_weights = {name: p.detach().clone() for name, p in inputs.params.items()}
+        _PRUNERS[work.key] = Pruner(inputs, dense_state, dense_weights, calibration, recalibration_set(inputs))
+    return _PRUNERS[work.key]
+
+
+def evaluate_candidate(work: CandidateWork, plan: Plan) -> CandidateResult:
+    """One candidate task (an executor runs it here or on a Ray worker)."""
+    return _pruner_for(work).evaluate(plan)
+
+
+def store_candidate(run: RunDir, result: CandidateResult) -> dict:
+    """The driver's write of a candidate: weights, strategy.json, eval.json last; returns the eval record."""
+    folder = run.candidate(result.strategy["cid"])
+    digest = folder.save_stored(result.stored)
+    folder.write_strategy(result.strategy)
+    record = {**result.evaluation, "weights_sha256": digest}
+    folder.write_eval(record)
+    return record
 
 
 def finetune_selection(config: RunConfig, plans: list, evals: dict[str, dict]) -> list[str]:
@@ -336,9 +389,10 @@ def finetune_candidate(inputs: Inputs, cid: str) -> dict:
     return record
 
 
-def prune_unstructured(inputs: Inputs, dense_state: dict, done: set[str], recal_set, lap) -> tuple[list[Plan], dict]:
-    """Phases 1-3 of unstructured Mix-and-Match: (plans, {cid: eval record}); ``inputs.model`` ends
-    as the last candidate left it."""
+def prune_unstructured(inputs: Inputs, dense_state: dict, done: set[str], recal_set, lap,
+                       executor: Executor) -> tuple[list[Plan], dict]:
+    """Phases 1-3 of unstructured Mix-and-Match, phase 3 on ``executor``: (plans, {cid: eval record});
+    ``inputs.model`` ends as the last candidate evaluated here left it."""
     run = inputs.run
     dense_weights = {name: p.detach().clone() for name, p in inputs.params.items()}
     calibration = None
@@ -354,14 +408,20 @@ def prune_unstructured(inputs: Inputs, dense_state: dict, done: set[str], recal_
     lap("calibration and ranges")
     evals = {plan.cid: run.candidate(plan.cid).read_eval() for plan in plans if plan.cid in done}
     if todo:
-        pruner = Pruner(inputs, dense_state=dense_state, dense_weights=dense_weights, calibration=calibration,
-                        recal_set=recal_set)
+        work = CandidateWork(key=secrets.token_hex(8), config=inputs.config, spec=inputs.spec, splits=inputs.splits,
+                             dense_state=numpy_state(dense_state),
+                             calibration={kind: numpy_state(per) for kind, per in calibration.items()})
+        # in this process the driver's model, scores and data serve the tasks
+        _PRUNERS.clear()
+        _PRUNERS[work.key] = Pruner(inputs, dense_state=dense_state, dense_weights=dense_weights,
+                                    calibration=calibration, recal_set=recal_set)
         with progress_bar() as progress:
-            counter = Counter(progress, "candidates" + (f" ({len(evals)} finished before)" if evals else ""),
-                              total=len(todo))
-            for plan in todo:
-                evals[plan.cid] = pruner.prune(plan)
-                counter.advance(plan.cid)
+            counter = Counter(progress, f"candidates, {executor.describe()}"
+                              + (f" ({len(evals)} finished before)" if evals else ""), total=len(todo))
+            for plan, result in executor.map(evaluate_candidate, work, todo):
+                evals[plan.cid] = store_candidate(run, result)
+                counter.advance(plan.cid + executor.status())
+        _PRUNERS.clear()
     run.drop_scores()
     lap("candidates")
     return plans, evals
@@ -369,6 +429,11 @@ def prune_unstructured(inputs: Inputs, dense_state: dict, done: set[str], recal_
 
 def run_prune(config: RunConfig, resume: bool = False) -> dict:
     """The whole prune stage; returns a summary with timings per phase."""
+    with open_executor(config.executor, ExecutorOptions(config.ray_address, config.ray_cpus_per_task)) as executor:
+        return _run_prune(config, resume, executor)
+
+
+def _run_prune(config: RunConfig, resume: bool, executor: Executor) -> dict:
     timings = {}
     start = time.perf_counter()
     inputs = prepare(config)
@@ -393,7 +458,7 @@ def run_prune(config: RunConfig, resume: bool = False) -> dict:
     recal_set = recalibration_set(inputs)
     plans, evals, structured = [], {}, {}
     if "unstructured" in families:
-        plans, evals = prune_unstructured(inputs, dense_state, done, recal_set, lap)
+        plans, evals = prune_unstructured(inputs, dense_state, done, recal_set, lap, executor)
         inputs.model.load_state_dict(dense_state)
     if "structured" in families:
         try:

@@ -74,7 +74,8 @@ def test_existing_output_is_refused_without_resume_or_force(quick_run):
 
 def test_bad_flags_fail_before_any_work(tmp_path):
     for args, message in ((["--objective", "speed"], "speed"), (["--devices", "nosuch"], "unknown device"),
-                          (["--mode", "channels"], "--mode"), (["--macs-reduction", "1.5"], "--macs-reduction"), (["--executor", "ray"], "--executor"),
+                          (["--mode", "channels"], "--mode"), (["--macs-reduction", "1.5"], "--macs-reduction"), (["--executor", "dask"], "--executor"),
+                          (["--ray-cpus-per-task", "0"], "--ray-cpus-per-task"),
                           (["--max-drop", "-1"], "--max-drop")):
         result = cli("run", "--quick", "--out", tmp_path / "r", *args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)

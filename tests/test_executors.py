@@ -1,0 +1,101 @@
+"""--executor local|ray: the same run directory either way; Ray only when asked for."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import cli, heavy_imports, load
+
+QUICK_PRUNE = ["--model", "test_resnet", "--img-size", "16", "--train-epochs", "1", "--signals", "magnitude",
+               "--baselines", "mag", "--finetune-epochs", "0"]
+
+
+def _records(run: Path) -> dict:
+    """Every candidate's strategy.json and eval.json (weights digest included), by cid."""
+    return {folder.name: {name: load(folder / name) for name in ("strategy.json", "eval.json")}
+            for folder in sorted((run / "candidates").iterdir())}
+
+
+def test_the_local_executor_imports_no_ray():
+    assert heavy_imports(["ray"], imports=["mixprune.cli", "mixprune.pruning.stage", "mixprune.executors"]) == []
+
+
+def test_ray_missing_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    result = cli("prune", "--out", tmp_path / "run", *QUICK_PRUNE, "--executor", "ray")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and 'pip install -e ".[ray]"' in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens there once the probe is closed
+
+
+@pytest.mark.parametrize("address, message", [
+    (None, "cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused)"),
+    ("nonsense", "--ray-address must be auto or host:port, got 'nonsense'"),
+])
+def test_a_cluster_that_cannot_be_reached_is_one_line_and_writes_nothing(address, message, tmp_path):
+    pytest.importorskip("ray")
+    port = _closed_port()
+    address = address or f"127.0.0.1:{port}"
+    result = cli("prune", "--out", tmp_path / "run", *QUICK_PRUNE, "--executor", "ray", "--ray-address", address)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and message.format(port=port) in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("executors") / "local"
+    result = cli("prune", "--out", out, *QUICK_PRUNE)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance with 2 CPUs for the module; --executor ray joins it instead of starting one."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MIXPRUNE_QUIET": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_gives_the_same_candidates_as_local(local_run, ray_instance, tmp_path):
+    out = tmp_path / "ray"
+    result = cli("prune", "--out", out, *QUICK_PRUNE, "--executor", "ray")
+    assert result.exit_code == 0, result.output
+    local, remote = _records(local_run), _records(out)
+    assert sorted(local) == sorted(remote) and len(local) == 20
+    for cid in local:  # field by field: accuracies, ratios, sparsity and the weights digest
+        assert remote[cid] == local[cid], cid
+    assert load(out / "run.json")["config"]["executor"] == "ray"
+
+
+@pytest.mark.slow
+def test_a_run_started_locally_resumes_on_ray(local_run, ray_instance, tmp_path):
+    """The driver killed: what is missing is made again on the other executor, and the same."""
+    out = Path(shutil.copytree(local_run, tmp_path / "copy"))
+    missing = sorted((out / "candidates").iterdir())[::3]
+    for folder in missing:
+        shutil.rmtree(folder)
+    kept = {p.name: (p / "eval.json").stat().st_mtime_ns for p in (out / "candidates").iterdir()}
+    result = cli("prune", "--out", out, "--resume", "--executor", "ray")
+    assert result.exit_code == 0, result.output
+    assert load(out / "run.json")["stages"]["prune"]["summary"]["resumed"] == len(kept)
+    assert _records(out) == _records(local_run)
+    assert all((out / "candidates" / cid / "eval.json").stat().st_mtime_ns == t for cid, t in kept.items())
+    assert load(out / "run.json")["config"]["executor"] == "ray"
