@@ -29,6 +29,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "cpu": Field("str", "", help="CPU model, e.g. Cortex-A72"),
         "cores": Field("int", help="CPU cores of the device; 0 = every core of the machine the agent runs on", minimum=0),
         "memory_mb": Field("number", 0, help="installed RAM, MB (2^20 bytes; informative); 0 = unknown", minimum=0),
+        "channel_multiple": Field("int", 0, minimum=0, help="`mixprune run` keeps the channel counts of structured "
+                                  "cuts a multiple of this (the vector width the device's kernels prefer); "
+                                  "0 = mixprune's default"),
     },
     "onnxruntime": {
         "intra_op_threads": Field("int", help="threads inside one operator; 0 = all usable cores", minimum=0),
@@ -65,6 +68,7 @@ class Profile:
     cpu: str
     cores: int
     memory_mb: float
+    channel_multiple: int
     intra_op_threads: int
     inter_op_threads: int
     execution_providers: tuple[str, ...]
@@ -102,7 +106,7 @@ def parse_profile(data: dict, where: str) -> Profile:
     top, ort, budget, bench = v[""], v["onnxruntime"], v["budget"], v["benchmark"]
     return Profile(
         name=top["name"], description=top["description"], arch=top["arch"], cpu=top["cpu"], cores=top["cores"],
-        memory_mb=top["memory_mb"], intra_op_threads=ort["intra_op_threads"],
+        memory_mb=top["memory_mb"], channel_multiple=top["channel_multiple"], intra_op_threads=ort["intra_op_threads"],
         inter_op_threads=ort["inter_op_threads"], execution_providers=tuple(ort["execution_providers"]),
         graph_optimization_level=ort["graph_optimization_level"], allow_spinning=ort["allow_spinning"],
         memory_budget_mb=budget["memory_mb"], latency_budget_ms=budget["latency_ms"],

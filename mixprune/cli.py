@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .config import (BASELINES, EXECUTORS, FIELDS, MODES, OBJECTIVES, QUANTIZE, QUICK_DEFAULTS, RUN_DEFAULTS,
+from .config import (BASELINES, DEFAULT_ROUND_TO, EXECUTORS, FIELDS, MODES, OBJECTIVES, QUANTIZE, QUICK_DEFAULTS, RUN_DEFAULTS,
                      SIGNALS, STORAGES, STRUCTURED_BASELINES, RunConfig, resolve_resume, run_presets)
 from .devices.fields import MB
 from .errors import MixpruneError
@@ -170,6 +170,7 @@ OPTIONS: dict[str, tuple[str, dict]] = {
                                   f"{', '.join(STRUCTURED_BASELINES)} (Torch-Pruning's global magnitude and "
                                   f"Taylor, one ratio for every layer).")),
     "round_to": ("--round-to", dict(type=int, default=FROM_CONFIG,
+                                    show_default=f"{DEFAULT_ROUND_TO}; under `run`, the devices' channel_multiple",
                                     help="Structured mode: keep channel counts multiples of this.")),
     "rules": ("--rules", dict(type=click.Path(dir_okay=False),
                               help="Your own rule table (TOML) instead of the built-in one.")),

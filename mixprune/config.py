@@ -32,6 +32,9 @@ EXECUTORS = tuple(executor_registry.names())  # local, ray (mixprune/executors)
 # (pruning/strategies.py); a --sparsity above it is out of reach for any model (at it, every layer sits at
 # the cap; a model whose ranges pin some layers at 0 cannot reach it, which the shift reports)
 MAX_SHIFTED_RATIO = 0.98
+# structured cuts keep channel counts a multiple of this unless --round-to or a device profile's
+# channel_multiple says otherwise
+DEFAULT_ROUND_TO = 8
 
 
 @dataclasses.dataclass
@@ -59,7 +62,7 @@ class RunConfig:
     macs_targets: tuple = (0.3, 0.5, 0.7)
     macs_reduction: float | None = None
     structured_baselines: tuple = STRUCTURED_BASELINES
-    round_to: int = 8
+    round_to: int | None = None  # None: the devices' channel_multiple (`run`), else DEFAULT_ROUND_TO
     rules: str | None = None
     recalibrate: bool = True
     recal_samples: int = 512
@@ -137,7 +140,7 @@ FIELDS: dict[str, Field] = {
     "macs_targets": Field("numbers", range="(0, 1)", nonempty=True),
     "macs_reduction": Field("number", range="(0, 1)", optional=True),
     "structured_baselines": Field("names", choices=STRUCTURED_BASELINES),
-    "round_to": Field("int", range=">= 1", note="channels"),
+    "round_to": Field("int", range=">= 1", optional=True, note="channels"),
     "rules": Field("str", optional=True),
     "recalibrate": Field("bool"),
     "recal_samples": Field("int", range=">= 1"),

@@ -17,6 +17,8 @@ sparsity for the size objective. `mixprune export` / `bench` on the directory st
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -68,6 +70,18 @@ def rank_and_report(run_dir, *, max_drop: float, devices=(), objective: str = "l
     return ranking
 
 
+def with_device_rounding(config: RunConfig, profiles: list) -> RunConfig:
+    """``config`` with the channel rounding of structured cuts that suits every device profile of the
+    run (the least common multiple of their ``channel_multiple``), unless --round-to set one."""
+    stating = [p for p in profiles if p.channel_multiple]
+    if config.round_to is not None or not stating:
+        return config
+    config = dataclasses.replace(config, round_to=math.lcm(*(p.channel_multiple for p in stating)))
+    say(f"structured cuts keep channel counts multiples of {config.round_to} "
+        f"(channel_multiple of {', '.join(p.name for p in stating)})")
+    return config
+
+
 def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -> dict:
     """Every stage; returns {ranking, bundle, timings_s, out}."""
     from .benchmarks.bench import agent_config, bench_run_dir
@@ -78,6 +92,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
 
     root = Path(config.out)
     profiles = [load_profile(name) for name in config.devices]  # bad device names fail before any work
+    config = with_device_rounding(config, profiles)
     run = RunDir(root)
     run.claim(resume=resume, force=force)
     timings: dict[str, float] = {}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mixprune.accuracy import selection_accuracy
-from mixprune.config import MODE_FAMILIES, RunConfig
+from mixprune.config import DEFAULT_ROUND_TO, MODE_FAMILIES, RunConfig
 from mixprune.data import DataSpec, Splits, load_splits
 from mixprune import masked
 from mixprune.errors import CutError, RunDirError
@@ -137,6 +137,8 @@ def baseline_cid(method: str, sparsity: float) -> str:
 def prepare(config: RunConfig) -> Inputs:
     """Validate every input before anything is written: model, data, checkpoint, rule table."""
     table = get_table(config.model, config.rules)
+    if config.round_to is None:  # recorded as used, so a resumed run cuts the same
+        config = dataclasses.replace(config, round_to=DEFAULT_ROUND_TO)
     splits = load_splits(data_spec(config))
     spec = ModelSpec(name=config.model, num_classes=splits.num_classes, in_chans=splits.in_chans,
                      img_size=config.img_size, kwargs=dict(config.model_args))

@@ -63,6 +63,7 @@ def test_a_user_file_works_anywhere_a_name_does(tmp_path, cli):
     ({"runner": 'kind = "local"\nhost = "pi"\n'}, "runner.host"),
     ({"top": 'name = "a/b"\narch = "x86_64"\ncores = 1\n'}, "name"),
     ({"top": 'name = "x"\narch = "sparc"\ncores = 1\n'}, "arch"),
+    ({"top": 'name = "x"\narch = "x86_64"\ncores = 1\nchannel_multiple = -8\n'}, "channel_multiple"),
 ])
 def test_malformed_profile_names_the_bad_field(tmp_path, cli, override, field):
     path = write_profile(tmp_path / "bad.toml", **override)
@@ -122,3 +123,18 @@ def test_architecture_rules():
 @pytest.mark.parametrize("args", [["devices", "list"], ["devices", "show", "host"], ["bench", "--help"]])
 def test_device_commands_do_not_import_torch(args):
     assert heavy_imports(("torch", "timm"), command=args) == []
+
+
+def test_run_rounds_channels_to_what_every_device_profile_asks(tmp_path):
+    from mixprune.config import RunConfig
+    from mixprune.pipeline import with_device_rounding
+
+    def profile(name, multiple):
+        top = f'name = "{name}"\narch = "aarch64"\ncores = 4\nchannel_multiple = {multiple}\n'
+        return load_profile(write_profile(tmp_path / f"{name}.toml", top=top))
+
+    neon, wide, host = profile("neon", 16), profile("wide", 24), load_profile("host")
+    assert host.channel_multiple == 0  # the built-in profiles leave mixprune's default
+    assert with_device_rounding(RunConfig(), [host]).round_to is None
+    assert with_device_rounding(RunConfig(), [host, neon, wide]).round_to == 48  # a multiple of 16 and of 24
+    assert with_device_rounding(RunConfig(round_to=4), [neon]).round_to == 4  # --round-to wins
