@@ -99,3 +99,36 @@ def test_a_run_started_locally_resumes_on_ray(local_run, ray_instance, tmp_path)
     assert _records(out) == _records(local_run)
     assert all((out / "candidates" / cid / "eval.json").stat().st_mtime_ns == t for cid, t in kept.items())
     assert load(out / "run.json")["config"]["executor"] == "ray"
+
+
+def test_a_task_that_fails_for_its_own_reason_is_raised_once_not_retried(ray_instance, tmp_path):
+    from mixprune.executors import ExecutorOptions, open_executor
+
+    def fails(log, item):  # defined here, so Ray ships it by value
+        with open(log, "a") as f:
+            f.write(f"{item}\n")
+        raise ValueError(f"candidate {item} cannot be made")
+
+    log = tmp_path / "attempts.txt"
+    with open_executor("ray", ExecutorOptions()) as executor, pytest.raises(ValueError, match="candidate 7 cannot"):
+        list(executor.map(fails, str(log), [7]))
+    assert log.read_text().splitlines() == ["7"]  # a deterministic failure is not tried again
+
+
+def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost_or_doubled(ray_instance, tmp_path):
+    from mixprune.executors import ExecutorOptions, open_executor
+
+    def dies_once(folder, item):
+        import os
+        import signal
+        from pathlib import Path
+
+        marker = Path(folder) / f"{item}.started"
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-task
+        return item * 10
+
+    with open_executor("ray", ExecutorOptions()) as executor:
+        results = list(executor.map(dies_once, str(tmp_path), [1, 2, 3]))
+    assert sorted(results) == [(1, 10), (2, 20), (3, 30)]
