@@ -28,6 +28,12 @@ def evaluate(model, dataset, batch_size: int = 256, description: str = "evaluate
     return correct / max(total, 1)
 
 
+def split_accuracies(model, splits, label: str, suffix: str = "") -> dict:
+    """Held-out and tune accuracy of ``model`` as it is, under eval.json's keys ending in ``suffix``."""
+    return {f"accuracy{suffix}": evaluate(model, splits.val, description=f"{label}: accuracy"),
+            f"tune_accuracy{suffix}": evaluate(model, splits.tune, description=f"{label}: tune accuracy")}
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model, dataset, batch_size: int = 128, description: str = "re-estimate BN") -> bool:
     """Re-estimate BatchNorm running statistics from unlabeled images; no weight changes.

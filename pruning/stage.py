@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-import zlib
 
 import numpy as np
 import torch
@@ -27,11 +26,11 @@ from mixprune.errors import CutError, RunDirError
 from mixprune.executors import Executor, ExecutorOptions, open_executor
 from mixprune.models import ModelSpec, build_model, build_stored, load_state, load_weights, numpy_state
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import CutDir, RunDir, package_versions
-from mixprune.training import evaluate, recalibrate_batchnorm, train
+from mixprune.runs import RunDir, package_versions
+from mixprune.training import recalibrate_batchnorm, split_accuracies, train
 
 from . import masks as masklib
-from .finetune import finetune
+from .finetune import FinetuneWork, finetune_task, job_of
 from .ranges import RuleTable, get_table, layer_ranges
 from .roles import Layer, discover_layers, prunable_parameters
 from .scores import BASELINES, SIGNALS, ScoreFn, global_methods
@@ -121,9 +120,7 @@ class Inputs:
         return {"samples": len(self.splits.val), "tune_samples": len(self.splits.tune)}
 
     def accuracies(self, model: torch.nn.Module, label: str, suffix: str = "") -> dict:
-        """Held-out and tune accuracy of ``model`` as it is, under eval.json's keys ending in ``suffix``."""
-        return {f"accuracy{suffix}": evaluate(model, self.splits.val, description=f"{label}: accuracy"),
-                f"tune_accuracy{suffix}": evaluate(model, self.splits.tune, description=f"{label}: tune accuracy")}
+        return split_accuracies(model, self.splits, label, suffix)
 
 
 def data_spec(config: RunConfig) -> DataSpec:
@@ -354,39 +351,36 @@ def finetune_selection(config: RunConfig, plans: list, evals: dict[str, dict]) -
     return chosen
 
 
-def _held_at_zero(folder) -> dict:
-    """{parameter name: keep-mask} of a masked candidate; a cut one has nothing to hold (its channels are gone)."""
-    if isinstance(folder, CutDir):
-        return {}
-    return {name: torch.from_numpy(mask) for name, mask in folder.keep_masks().items()}
+def finetune_candidates(inputs: Inputs, cids: list[str], executor: Executor) -> dict[str, dict]:
+    """Fine-tune ``cids`` on ``executor`` (a masked candidate under its masks); returns their updated
+    eval records. The driver reads each candidate into its job and writes what comes back."""
+    run, evals, jobs = inputs.run, {}, []
+    for cid in cids:
+        folder = run.candidate(cid)
+        record = folder.read_eval()
+        if record["accuracy_finetuned"] is not None:
+            evals[cid] = record
+        elif folder.weights_digest() != record["weights_sha256"]:
+            # killed after the fine-tuned weights landed but before eval.json: just measure them
+            model = build_stored(inputs.spec, folder, cid)
+            evals[cid] = _finetuned(folder, record, inputs.accuracies(model, cid, "_finetuned"), {"resumed": True},
+                                    folder.weights_digest())
+        else:
+            jobs.append(job_of(folder))
+    if jobs:
+        work = FinetuneWork(config=inputs.config, spec=inputs.spec, splits=inputs.splits, dense_state=run.dense_state())
+        with progress_bar() as progress:
+            counter = Counter(progress, f"fine-tuning, {executor.describe()}", total=len(jobs))
+            for job, result in executor.map(finetune_task, work, jobs):
+                folder = run.candidate(job.cid)
+                evals[job.cid] = _finetuned(folder, folder.read_eval(), result.accuracies, result.history,
+                                            job.store(folder, result.weights))
+                counter.advance(job.cid + executor.status())
+    return {cid: evals[cid] for cid in cids}
 
 
-def _store(folder, model: torch.nn.Module, masks: dict) -> str:
-    if isinstance(folder, CutDir):
-        return folder.save_state(folder.read_cut(), numpy_state(model))
-    return folder.save_state(numpy_state(model), pruned=list(masks))
-
-
-def finetune_candidate(inputs: Inputs, cid: str) -> dict:
-    """Fine-tune one candidate (a masked one under its masks); returns its updated eval record."""
-    folder = inputs.run.candidate(cid)
-    record = folder.read_eval()
-    if record["accuracy_finetuned"] is not None:
-        return record
-    model = build_stored(inputs.spec, folder, cid)
-    digest = folder.weights_digest()
-    if digest == record["weights_sha256"]:
-        cfg = inputs.config
-        masks = _held_at_zero(folder)
-        torch.manual_seed(cfg.seed + zlib.crc32(cid.encode()))
-        history = finetune(model, prunable_parameters(model, inputs.layers), masks, inputs.splits.train,
-                           inputs.splits.tune, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-                           patience=cfg.finetune_patience, batch_size=cfg.batch_size, seed=cfg.seed,
-                           description=f"fine-tune {cid}")
-        digest = _store(folder, model, masks)
-    else:  # killed after the fine-tuned weights landed but before eval.json: just measure them
-        history = {"resumed": True}
-    record.update(**inputs.accuracies(model, cid, "_finetuned"), finetune=history, weights_sha256=digest)
+def _finetuned(folder, record: dict, accuracies: dict, history: dict, digest: str) -> dict:
+    record = {**record, **accuracies, "finetune": history, "weights_sha256": digest}
     folder.write_eval(record)
     return record
 
@@ -479,8 +473,7 @@ def _run_prune(config: RunConfig, resume: bool, executor: Executor) -> dict:
     finetuned = []
     if config.finetune_epochs > 0 and config.finetune_top > 0:
         finetuned = finetune_selection(config, plans, evals)
-        for cid in finetuned:
-            evals[cid] = finetune_candidate(inputs, cid)
+        evals.update(finetune_candidates(inputs, finetuned, executor))
     lap("finetune")
     methods = [p for p in plans if isinstance(p, (MixMatchPlan, CutPlan))]
     summary = {

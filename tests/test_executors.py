@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import cli, heavy_imports, load
 
 QUICK_PRUNE = ["--model", "test_resnet", "--img-size", "16", "--train-epochs", "1", "--signals", "magnitude",
-               "--baselines", "mag", "--finetune-epochs", "0"]
+               "--baselines", "mag", "--finetune-epochs", "1", "--finetune-top", "1"]
 
 
 def _records(run: Path) -> dict:
@@ -80,6 +80,8 @@ def test_ray_gives_the_same_candidates_as_local(local_run, ray_instance, tmp_pat
     assert result.exit_code == 0, result.output
     local, remote = _records(local_run), _records(out)
     assert sorted(local) == sorted(remote) and len(local) == 20
+    finetuned = [cid for cid, r in local.items() if r["eval.json"]["accuracy_finetuned"] is not None]
+    assert len(finetuned) == 2  # the best Mix-and-Match candidate and its matched baseline, on Ray too
     for cid in local:  # field by field: accuracies, ratios, sparsity and the weights digest
         assert remote[cid] == local[cid], cid
     assert load(out / "run.json")["config"]["executor"] == "ray"
