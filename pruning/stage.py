@@ -12,6 +12,7 @@ knows its scores, its masks and its record.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
 import time
 
@@ -459,7 +460,7 @@ def _run_prune(config: RunConfig, resume: bool, executor: Executor) -> dict:
     if "structured" in families:
         try:
             made, made_evals, failures = prune_structured(
-                inputs, lambda model, label: measure(inputs, recal_set, model, label), done)
+                inputs, functools.partial(measure, inputs, recal_set), done, executor)
         except CutError as exc:
             if "unstructured" not in families:
                 raise

@@ -14,17 +14,23 @@ a weightless copy, pruning/cut.Blueprint), so a resumed run plans again and skip
 from __future__ import annotations
 
 import dataclasses
+import functools
+import secrets
 from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from mixprune.config import RunConfig
 from mixprune.cuts import changed_tensors
+from mixprune.data import Splits
 from mixprune.errors import CutError
-from mixprune.models import numpy_state
+from mixprune.executors import Executor
+from mixprune.models import ModelSpec, build_model, load_state, numpy_state
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import STRUCTURED_PREFIX
+from mixprune.runs import STRUCTURED_PREFIX, RunDir
 
 from .cut import IMPORTANCES, Blueprint, GroupScores, cut_model, score_groups
+from .ranges import get_table
 from .roles import Layer, discover_layers
 from .scores import STRUCTURED_BASELINES
 from .signals import accumulate_gradients
@@ -168,36 +174,100 @@ def _param_counts(model) -> dict[str, int]:
 
 @dataclasses.dataclass
 class Cutter:
-    """Phase 3 for one structured plan at a time: cut the dense model, re-estimate BN, evaluate, store."""
+    """Phase 3 for one structured plan at a time: cut the dense model, re-estimate BN, evaluate."""
     inputs: Inputs
     phase: Structured
     measure: Measure
 
-    def prune(self, plan: StructuredPlan) -> dict:
+    def evaluate(self, plan: StructuredPlan) -> CutResult:
+        """The cut, its changed tensors and records (nothing is written here)."""
         inputs, cfg = self.inputs, self.inputs.config
-        folder = inputs.run.candidate(plan.cid)
         dense = inputs.model
         cut, record = cut_model(dense, self.phase.example, cut_ratios(plan.ratios), self.phase.scores[plan.importance],
                                 round_to=cfg.round_to, label=plan.cid)
         described = describe_cut(self.phase.blueprint, cut, self.phase.example)
         replayed = {name: value.copy() for name, value in numpy_state(cut).items()}  # measure re-estimates in place
         accuracy = self.measure(cut, plan.cid)
-        digest = folder.save_state(record.to_dict(), changed_tensors(numpy_state(cut), replayed))
         before, after = _param_counts(dense), _param_counts(cut)
         prunable = [layer.name for layer in inputs.layers]
         removed = 1 - sum(after[n] for n in prunable) / sum(before[n] for n in prunable)
-        folder.write_strategy({
+        strategy = {
             "cid": plan.cid, "kind": plan.kind, "mode": "structured", **plan.record(),
             "global_sparsity": round(removed, 6),  # the share of the dense model's prunable weights cut away
             "measured": rounded({n: 1 - after[n] / before[n] for n in prunable}), "round_to": cfg.round_to,
-            "rule_table": inputs.table.name, **described})
-        eval_record = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
-                       **inputs.sample_counts(), "finetune": None, "weights_sha256": digest}
-        folder.write_eval(eval_record)
-        return eval_record
+            "rule_table": inputs.table.name, **described}
+        evaluation = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
+                      **inputs.sample_counts(), "finetune": None}
+        return CutResult(plan.cid, record.to_dict(), changed_tensors(numpy_state(cut), replayed), strategy, evaluation)
 
 
-def prune_structured(inputs: Inputs, measure: Measure, done: set[str]) -> tuple[list[StructuredPlan], dict[str, dict], dict]:
+@dataclasses.dataclass(frozen=True)
+class CutResult:
+    """What one cut task returns to the driver: the cut record, its changed tensors, strategy and eval."""
+    cid: str
+    cut: dict
+    changed: dict
+    strategy: dict
+    evaluation: dict  # eval.json but for the weights digest, which the driver's write gives
+
+
+@dataclasses.dataclass(frozen=True)
+class CutFailure:
+    """A plan Torch-Pruning could not cut: recorded, and the run goes on."""
+    cid: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CutWork:
+    """What every cut task shares: put into the executor's object store once per run."""
+    key: str  # names this work in a worker process's cache
+    config: RunConfig
+    spec: ModelSpec
+    splits: Splits
+    dense_state: dict  # numpy arrays
+    scores: dict[str, GroupScores]
+
+
+_CUTTERS: dict[str, Cutter] = {}  # per process: the Cutter of the CutWork it serves
+
+
+def _cutter_for(work: CutWork) -> Cutter:
+    """A worker's Cutter for ``work``, made once per process."""
+    from .stage import Inputs, measure, recalibration_set  # the stage imports this module
+
+    if work.key not in _CUTTERS:
+        _CUTTERS.clear()
+        model = build_model(work.spec).eval()
+        load_state(model, work.dense_state, "the dense weights")
+        inputs = Inputs(config=work.config, run=RunDir(work.config.out), spec=work.spec, splits=work.splits,
+                        model=model, layers=discover_layers(model), table=get_table(work.config.model, work.config.rules))
+        example = torch.zeros(1, *work.spec.input_shape[1:])
+        phase = Structured(Blueprint(model, example, work.spec.name), example, work.scores, cuttable_layers(model), {})
+        _CUTTERS[work.key] = Cutter(inputs, phase, functools.partial(measure, inputs, recalibration_set(inputs)))
+    return _CUTTERS[work.key]
+
+
+def cut_candidate(work: CutWork, plan: StructuredPlan) -> CutResult | CutFailure:
+    """One structured candidate task (an executor runs it here or on a Ray worker)."""
+    try:
+        return _cutter_for(work).evaluate(plan)
+    except CutError as exc:
+        return CutFailure(plan.cid, str(exc))
+
+
+def store_cut(run: RunDir, result: CutResult) -> dict:
+    """The driver's write of a structured candidate: cut + changed tensors, strategy.json, eval.json last."""
+    folder = run.candidate(result.cid)
+    digest = folder.save_state(result.cut, result.changed)
+    folder.write_strategy(result.strategy)
+    record = {**result.evaluation, "weights_sha256": digest}
+    folder.write_eval(record)
+    return record
+
+
+def prune_structured(inputs: Inputs, measure: Measure, done: set[str],
+                     executor: Executor) -> tuple[list[StructuredPlan], dict[str, dict], dict]:
     """Phases 1-3 on ``inputs.model`` (the dense model, left as it is): (plans, {cid: eval record},
     {cid: reason} of plans that could not be cut). Raises CutError when the model cannot be cut at all,
     or no plan could be."""
@@ -209,17 +279,21 @@ def prune_structured(inputs: Inputs, measure: Measure, done: set[str]) -> tuple[
     evals = {plan.cid: run.candidate(plan.cid).read_eval() for plan in plans if plan.cid in done}
     todo = [plan for plan in plans if plan.cid not in done]
     if todo:
-        cutter = Cutter(inputs, phase, measure)
+        work = CutWork(key=secrets.token_hex(8), config=inputs.config, spec=inputs.spec, splits=inputs.splits,
+                       dense_state=numpy_state(inputs.model), scores=phase.scores)
+        _CUTTERS.clear()
+        _CUTTERS[work.key] = Cutter(inputs, phase, measure)  # in this process the driver's model serves the tasks
         with progress_bar() as progress:
-            counter = Counter(progress, "structured candidates" + (f" ({len(evals)} finished before)" if evals else ""),
-                              total=len(todo))
-            for plan in todo:
-                try:
-                    evals[plan.cid] = cutter.prune(plan)
-                except CutError as exc:
-                    failures[plan.cid] = str(exc)
-                    say(f"[yellow]{plan.cid}: not made ({exc})[/yellow]")
-                counter.advance(plan.cid)
+            counter = Counter(progress, f"structured candidates, {executor.describe()}"
+                              + (f" ({len(evals)} finished before)" if evals else ""), total=len(todo))
+            for plan, result in executor.map(cut_candidate, work, todo):
+                if isinstance(result, CutFailure):
+                    failures[plan.cid] = result.reason
+                    say(f"[yellow]{plan.cid}: not made ({result.reason})[/yellow]")
+                else:
+                    evals[plan.cid] = store_cut(run, result)
+                counter.advance(plan.cid + executor.status())
+        _CUTTERS.clear()
     made = [plan for plan in plans if plan.cid in evals]
     if not made:
         reasons = list(dict.fromkeys(failures.values()))

@@ -12,7 +12,8 @@ import pytest
 from tests.helpers import cli, heavy_imports, load
 
 QUICK_PRUNE = ["--model", "test_resnet", "--img-size", "16", "--train-epochs", "1", "--signals", "magnitude",
-               "--baselines", "mag", "--finetune-epochs", "1", "--finetune-top", "1"]
+               "--baselines", "mag", "--mode", "both", "--macs-reduction", "0.5", "--structured-baselines", "mag",
+               "--finetune-epochs", "1", "--finetune-top", "1"]
 
 
 def _records(run: Path) -> dict:
@@ -79,9 +80,11 @@ def test_ray_gives_the_same_candidates_as_local(local_run, ray_instance, tmp_pat
     result = cli("prune", "--out", out, *QUICK_PRUNE, "--executor", "ray")
     assert result.exit_code == 0, result.output
     local, remote = _records(local_run), _records(out)
-    assert sorted(local) == sorted(remote) and len(local) == 20
+    # 10 Mix-and-Match + 10 matched baselines, 10 structured + 1 structured baseline at their MACs
+    assert sorted(local) == sorted(remote) and len(local) == 31
+    assert sum(cid.startswith("st-") for cid in local) == 11
     finetuned = [cid for cid, r in local.items() if r["eval.json"]["accuracy_finetuned"] is not None]
-    assert len(finetuned) == 2  # the best Mix-and-Match candidate and its matched baseline, on Ray too
+    assert len(finetuned) == 4  # per family the best Mix-and-Match candidate and its matched baseline
     for cid in local:  # field by field: accuracies, ratios, sparsity and the weights digest
         assert remote[cid] == local[cid], cid
     assert load(out / "run.json")["config"]["executor"] == "ray"
