@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import sys
@@ -14,6 +15,28 @@ from tests.helpers import cli, heavy_imports, load
 QUICK_PRUNE = ["--model", "test_resnet", "--img-size", "16", "--train-epochs", "1", "--signals", "magnitude",
                "--baselines", "mag", "--mode", "both", "--macs-reduction", "0.5", "--structured-baselines", "mag",
                "--finetune-epochs", "1", "--finetune-top", "1"]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Torch on ``count`` threads, as a Ray task with that many CPUs: BatchNorm statistics are summed
+    in another order on another thread count, so weights are bit-identical only at the same count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def prune_on_one_thread(out: Path, *flags) -> Path:
+    """`mixprune prune` with the driver's torch on one thread, as each Ray task (--ray-cpus-per-task 1)."""
+    with torch_threads(1):
+        result = cli("prune", "--out", out, *QUICK_PRUNE, *flags)
+    assert result.exit_code == 0, result.output
+    return out
 
 
 def _records(run: Path) -> dict:
@@ -58,10 +81,7 @@ def test_a_cluster_that_cannot_be_reached_is_one_line_and_writes_nothing(address
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("executors") / "local"
-    result = cli("prune", "--out", out, *QUICK_PRUNE)
-    assert result.exit_code == 0, result.output
-    return out
+    return prune_on_one_thread(tmp_path_factory.mktemp("executors") / "local")
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +96,7 @@ def ray_instance():
 
 @pytest.mark.slow
 def test_ray_gives_the_same_candidates_as_local(local_run, ray_instance, tmp_path):
-    out = tmp_path / "ray"
-    result = cli("prune", "--out", out, *QUICK_PRUNE, "--executor", "ray")
-    assert result.exit_code == 0, result.output
+    out = prune_on_one_thread(tmp_path / "ray", "--executor", "ray")
     local, remote = _records(local_run), _records(out)
     # 10 Mix-and-Match + 10 matched baselines, 10 structured + 1 structured baseline at their MACs
     assert sorted(local) == sorted(remote) and len(local) == 31
@@ -98,7 +116,8 @@ def test_a_run_started_locally_resumes_on_ray(local_run, ray_instance, tmp_path)
     for folder in missing:
         shutil.rmtree(folder)
     kept = {p.name: (p / "eval.json").stat().st_mtime_ns for p in (out / "candidates").iterdir()}
-    result = cli("prune", "--out", out, "--resume", "--executor", "ray")
+    with torch_threads(1):
+        result = cli("prune", "--out", out, "--resume", "--executor", "ray")
     assert result.exit_code == 0, result.output
     assert load(out / "run.json")["stages"]["prune"]["summary"]["resumed"] == len(kept)
     assert _records(out) == _records(local_run)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import cli, load
-from tests.test_executors import QUICK_PRUNE, _records
+from tests.helpers import load
+from tests.test_executors import _records, prune_on_one_thread
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,8 @@ def two_nodes():
 def test_a_two_node_cluster_runs_the_same_prune(two_nodes, tmp_path):
     import ray
 
-    local = cli("prune", "--out", tmp_path / "local", *QUICK_PRUNE)
-    assert local.exit_code == 0, local.output
-    remote = cli("prune", "--out", tmp_path / "ray", *QUICK_PRUNE, "--executor", "ray",
-                 "--ray-address", two_nodes.address)
-    assert remote.exit_code == 0, remote.output
+    prune_on_one_thread(tmp_path / "local")
+    prune_on_one_thread(tmp_path / "ray", "--executor", "ray", "--ray-address", two_nodes.address)
     assert not ray.is_initialized()  # mixprune disconnected; the cluster is the test's
     assert _records(tmp_path / "ray") == _records(tmp_path / "local")
     assert load(tmp_path / "ray" / "run.json")["config"]["ray_address"] == two_nodes.address
