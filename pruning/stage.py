@@ -38,6 +38,7 @@ from .scores import BASELINES, SIGNALS, ScoreFn, global_methods
 from .signals import calibrate, score_all
 from .strategies import STRATEGIES, rounded, shift_to_sparsity
 from .structured_stage import CutPlan, prune_structured
+from .tasks import StageWork, made_once, release, serve_here, store_result, worker_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,50 +296,27 @@ class CandidateResult:
     strategy: dict
     evaluation: dict  # eval.json but for the weights digest, which the driver's write gives
 
+    def save(self, folder) -> str:
+        return folder.save_stored(self.stored)
+
 
 @dataclasses.dataclass(frozen=True)
-class CandidateWork:
-    """What every candidate task shares: put into the executor's object store once per run."""
-    key: str  # names this work in a worker process's cache
-    config: RunConfig
-    spec: ModelSpec
-    splits: Splits
-    dense_state: dict  # numpy arrays
+class CandidateWork(StageWork):
     calibration: dict  # {"grad" | "hg": {name: numpy array}}
 
 
-_PRUNERS: dict[str, Pruner] = {}  # per process: the Pruner of the CandidateWork it serves
-
-
-def _pruner_for(work: CandidateWork) -> Pruner:
-    """A worker's Pruner for ``work``, made once per process (model, scores and data loaded once)."""
-    if work.key not in _PRUNERS:
-        _PRUNERS.clear()
-        model = build_model(work.spec).eval()
-        dense_state = {name: torch.from_numpy(np.array(value)) for name, value in work.dense_state.items()}
-        model.load_state_dict(dense_state)
-        inputs = Inputs(config=work.config, run=RunDir(work.config.out), spec=work.spec, splits=work.splits,
-                        model=model, layers=discover_layers(model), table=get_table(work.config.model, work.config.rules))
-        calibration = {kind: {name: torch.from_numpy(np.array(v)) for name, v in per.items()}
-                       for kind, per in work.calibration.items()}
-        dense_weights = {name: p.detach().clone() for name, p in inputs.params.items()}
-        _PRUNERS[work.key] = Pruner(inputs, dense_state, dense_weights, calibration, recalibration_set(inputs))
-    return _PRUNERS[work.key]
+def _worker_pruner(work: CandidateWork) -> Pruner:
+    inputs = worker_inputs(work)
+    dense_state = {name: value.detach().clone() for name, value in inputs.model.state_dict().items()}
+    calibration = {kind: {name: torch.from_numpy(np.array(v)) for name, v in per.items()}
+                   for kind, per in work.calibration.items()}
+    dense_weights = {name: p.detach().clone() for name, p in inputs.params.items()}
+    return Pruner(inputs, dense_state, dense_weights, calibration, recalibration_set(inputs))
 
 
 def evaluate_candidate(work: CandidateWork, plan: Plan) -> CandidateResult:
     """One candidate task (an executor runs it here or on a Ray worker)."""
-    return _pruner_for(work).evaluate(plan)
-
-
-def store_candidate(run: RunDir, result: CandidateResult) -> dict:
-    """The driver's write of a candidate: weights, strategy.json, eval.json last; returns the eval record."""
-    folder = run.candidate(result.strategy["cid"])
-    digest = folder.save_stored(result.stored)
-    folder.write_strategy(result.strategy)
-    record = {**result.evaluation, "weights_sha256": digest}
-    folder.write_eval(record)
-    return record
+    return made_once(work, _worker_pruner).evaluate(plan)
 
 
 def finetune_selection(config: RunConfig, plans: list, evals: dict[str, dict]) -> list[str]:
@@ -409,16 +387,15 @@ def prune_unstructured(inputs: Inputs, dense_state: dict, done: set[str], recal_
                              dense_state=numpy_state(dense_state),
                              calibration={kind: numpy_state(per) for kind, per in calibration.items()})
         # in this process the driver's model, scores and data serve the tasks
-        _PRUNERS.clear()
-        _PRUNERS[work.key] = Pruner(inputs, dense_state=dense_state, dense_weights=dense_weights,
-                                    calibration=calibration, recal_set=recal_set)
+        serve_here(work, Pruner(inputs, dense_state=dense_state, dense_weights=dense_weights,
+                                calibration=calibration, recal_set=recal_set))
         with progress_bar() as progress:
             counter = Counter(progress, f"candidates, {executor.describe()}"
                               + (f" ({len(evals)} finished before)" if evals else ""), total=len(todo))
             for plan, result in executor.map(evaluate_candidate, work, todo):
-                evals[plan.cid] = store_candidate(run, result)
+                evals[plan.cid] = store_result(run, result)
                 counter.advance(plan.cid + executor.status())
-        _PRUNERS.clear()
+        release()
     run.drop_scores()
     lap("candidates")
     return plans, evals

@@ -20,23 +20,21 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from mixprune.config import RunConfig
 from mixprune.cuts import changed_tensors
-from mixprune.data import Splits
 from mixprune.errors import CutError
 from mixprune.executors import Executor
-from mixprune.models import ModelSpec, build_model, load_state, numpy_state
+from mixprune.models import numpy_state
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import STRUCTURED_PREFIX, RunDir
+from mixprune.runs import STRUCTURED_PREFIX
 
 from .cut import IMPORTANCES, Blueprint, GroupScores, cut_model, score_groups
-from .ranges import get_table
 from .roles import Layer, discover_layers
 from .scores import STRUCTURED_BASELINES
 from .signals import accumulate_gradients
 from .strategies import STRATEGIES, rounded
 from .structured import (baseline_ratios, cut_ratios, cuttable_layers, describe_cut, macs_reduction, shift_to_macs,
                          structured_ranges, within_caps)
+from .tasks import StageWork, made_once, release, serve_here, store_result, worker_inputs
 
 if TYPE_CHECKING:
     from .stage import Inputs
@@ -198,17 +196,19 @@ class Cutter:
             "rule_table": inputs.table.name, **described}
         evaluation = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
                       **inputs.sample_counts(), "finetune": None}
-        return CutResult(plan.cid, record.to_dict(), changed_tensors(numpy_state(cut), replayed), strategy, evaluation)
+        return CutResult(record.to_dict(), changed_tensors(numpy_state(cut), replayed), strategy, evaluation)
 
 
 @dataclasses.dataclass(frozen=True)
 class CutResult:
     """What one cut task returns to the driver: the cut record, its changed tensors, strategy and eval."""
-    cid: str
     cut: dict
     changed: dict
     strategy: dict
     evaluation: dict  # eval.json but for the weights digest, which the driver's write gives
+
+    def save(self, folder) -> str:
+        return folder.save_state(self.cut, self.changed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,51 +219,26 @@ class CutFailure:
 
 
 @dataclasses.dataclass(frozen=True)
-class CutWork:
-    """What every cut task shares: put into the executor's object store once per run."""
-    key: str  # names this work in a worker process's cache
-    config: RunConfig
-    spec: ModelSpec
-    splits: Splits
-    dense_state: dict  # numpy arrays
+class CutWork(StageWork):
     scores: dict[str, GroupScores]
 
 
-_CUTTERS: dict[str, Cutter] = {}  # per process: the Cutter of the CutWork it serves
+def _worker_cutter(work: CutWork) -> Cutter:
+    from .stage import measure, recalibration_set  # the stage imports this module
 
-
-def _cutter_for(work: CutWork) -> Cutter:
-    """A worker's Cutter for ``work``, made once per process."""
-    from .stage import Inputs, measure, recalibration_set  # the stage imports this module
-
-    if work.key not in _CUTTERS:
-        _CUTTERS.clear()
-        model = build_model(work.spec).eval()
-        load_state(model, work.dense_state, "the dense weights")
-        inputs = Inputs(config=work.config, run=RunDir(work.config.out), spec=work.spec, splits=work.splits,
-                        model=model, layers=discover_layers(model), table=get_table(work.config.model, work.config.rules))
-        example = torch.zeros(1, *work.spec.input_shape[1:])
-        phase = Structured(Blueprint(model, example, work.spec.name), example, work.scores, cuttable_layers(model), {})
-        _CUTTERS[work.key] = Cutter(inputs, phase, functools.partial(measure, inputs, recalibration_set(inputs)))
-    return _CUTTERS[work.key]
+    inputs = worker_inputs(work)
+    example = torch.zeros(1, *work.spec.input_shape[1:])
+    phase = Structured(Blueprint(inputs.model, example, work.spec.name), example, work.scores,
+                       cuttable_layers(inputs.model), {})
+    return Cutter(inputs, phase, functools.partial(measure, inputs, recalibration_set(inputs)))
 
 
 def cut_candidate(work: CutWork, plan: StructuredPlan) -> CutResult | CutFailure:
     """One structured candidate task (an executor runs it here or on a Ray worker)."""
     try:
-        return _cutter_for(work).evaluate(plan)
+        return made_once(work, _worker_cutter).evaluate(plan)
     except CutError as exc:
         return CutFailure(plan.cid, str(exc))
-
-
-def store_cut(run: RunDir, result: CutResult) -> dict:
-    """The driver's write of a structured candidate: cut + changed tensors, strategy.json, eval.json last."""
-    folder = run.candidate(result.cid)
-    digest = folder.save_state(result.cut, result.changed)
-    folder.write_strategy(result.strategy)
-    record = {**result.evaluation, "weights_sha256": digest}
-    folder.write_eval(record)
-    return record
 
 
 def prune_structured(inputs: Inputs, measure: Measure, done: set[str],
@@ -281,8 +256,7 @@ def prune_structured(inputs: Inputs, measure: Measure, done: set[str],
     if todo:
         work = CutWork(key=secrets.token_hex(8), config=inputs.config, spec=inputs.spec, splits=inputs.splits,
                        dense_state=numpy_state(inputs.model), scores=phase.scores)
-        _CUTTERS.clear()
-        _CUTTERS[work.key] = Cutter(inputs, phase, measure)  # in this process the driver's model serves the tasks
+        serve_here(work, Cutter(inputs, phase, measure))  # in this process the driver's model serves the tasks
         with progress_bar() as progress:
             counter = Counter(progress, f"structured candidates, {executor.describe()}"
                               + (f" ({len(evals)} finished before)" if evals else ""), total=len(todo))
@@ -291,9 +265,9 @@ def prune_structured(inputs: Inputs, measure: Measure, done: set[str],
                     failures[plan.cid] = result.reason
                     say(f"[yellow]{plan.cid}: not made ({result.reason})[/yellow]")
                 else:
-                    evals[plan.cid] = store_cut(run, result)
+                    evals[plan.cid] = store_result(run, result)
                 counter.advance(plan.cid + executor.status())
-        _CUTTERS.clear()
+        release()
     made = [plan for plan in plans if plan.cid in evals]
     if not made:
         reasons = list(dict.fromkeys(failures.values()))
