@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
 from mixprune.devices.profiles import Profile
 from mixprune.errors import BenchmarkError, RunDirError
+from mixprune.executors import Executor, device_resource, given_or_local
 from mixprune.progress import Counter, progress_bar, say
 from mixprune.runs import DENSE, ModelDir, RunDir
 
@@ -46,12 +49,15 @@ def check_onnx_file(path: Path) -> None:
         raise BenchmarkError(f"{path} is not an ONNX model (no IR version, opset or graph nodes)")
 
 
-def bench_model(path: str | os.PathLike, profile: Profile, config: dict, **extra) -> dict:
-    """Measure one ONNX file in a fresh agent process on ``profile``'s device; return its record."""
+def bench_model(path: str | os.PathLike, profile: Profile, config: dict, executor: Executor | None = None) -> dict:
+    """Measure one ONNX file in a fresh agent process on ``profile``'s device (a ``bench_task`` on
+    ``executor``, default this process); return its record."""
     path = Path(path)
     check_onnx_file(path)
-    raw = profile.runner.run(path, config)
-    return make_record(raw, profile, str(path), **extra)
+    with given_or_local(executor) as executor:
+        work = BenchWork(profile, {path.stem: (path.name, path.read_bytes())})
+        [(_, raw)] = _on_device(executor, work, [BenchJob((path.stem,), config)])
+    return make_record(raw, profile, str(path))
 
 
 def _unstructured_note(model_dir: ModelDir) -> dict:
@@ -72,11 +78,47 @@ def _export_shapes(model_dir: ModelDir) -> dict[str, list[int]]:
             if i.get("shape") and all(isinstance(d, int) for d in i["shape"][1:])}
 
 
-def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> dict[str, dict]:
+@dataclasses.dataclass(frozen=True)
+class BenchWork:
+    """What every benchmark task of one device shares: the profile and the ONNX files ({model id:
+    (file name, bytes)}: a cluster node need not see the run directory), put into the object store once."""
+    profile: Profile
+    files: dict[str, tuple[str, bytes]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchJob:
+    """One agent process: one model alone, or a group timed interleaved (the reference first)."""
+    ids: tuple[str, ...]
+    config: dict
+
+
+def bench_task(work: BenchWork, job: BenchJob) -> dict:
+    """The agent's raw record for ``job`` on ``work.profile``'s device (here or on the Ray node that
+    holds the device)."""
+    with tempfile.TemporaryDirectory(prefix="mixprune-bench-") as tmp:
+        paths = []
+        for mid in job.ids:  # under its own name: the agent's messages name the file
+            name, data = work.files[mid]
+            paths.append(Path(tmp) / mid / name)
+            paths[-1].parent.mkdir()
+            paths[-1].write_bytes(data)
+        runner = work.profile.runner
+        return runner.run(paths[0], job.config) if len(paths) == 1 else runner.interleave(paths, job.config)
+
+
+def _on_device(executor: Executor, work: BenchWork, jobs: list[BenchJob]):
+    """(job, the agent's raw record) as each job's task, holding the device, finishes."""
+    return executor.map(bench_task, work, jobs, resources={device_resource(work.profile.name): 1})
+
+
+def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict, executor: Executor | None = None) -> dict[str, dict]:
     """Measure the dense model and every exported candidate: each alone in a fresh process
     (cold start, peak RSS), then all of them interleaved with the dense model (benchmarks.paired).
+    Each agent process is a ``bench_task`` on ``executor`` (default: this process) that holds the
+    device (``device_resource``): two never share it at once.
 
-    Writes each model's bench record atomically after each model, so an interrupted run
+    Writes each model's bench record atomically as its task returns, so an interrupted run
     keeps the finished records and never leaves a partial one; the ``interleaved`` blocks
     are added once every group is measured. ``bench_id`` ties the records of one bench.
     """
@@ -90,21 +132,25 @@ def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict) -> di
     if skipped:
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         say(f"{len(skipped)} not exported yet, skipped: {shown}")
-    records, bench_id = {}, uuid.uuid4().hex[:12]
-    with progress_bar() as progress:
-        counter = Counter(progress, f"Benchmarking on {profile.name}, each model alone", total=len(todo), every=1)
-        for cid, model_dir in todo.items():
-            record = bench_model(model_dir.onnx_file, profile, _model_config(config, model_dir), candidate=cid,
-                                 bench_id=bench_id, **_unstructured_note(model_dir))
-            model_dir.write_bench(profile.name, record)
-            records[cid] = record
-            counter.advance(f"({cid}: p50 {record['latency_ms']['p50']:.3f} ms)")
-        if len(todo) > 1:
-            blocks = _interleaved(todo, profile, config, bench_id, progress)
-            for cid, model_dir in todo.items():
-                records[cid]["interleaved"] = blocks[cid]
+    with given_or_local(executor) as executor:
+        work = BenchWork(profile, {cid: (d.onnx_file.name, d.onnx_file.read_bytes()) for cid, d in todo.items()})
+        records, bench_id = {}, uuid.uuid4().hex[:12]
+        with progress_bar() as progress:
+            counter = Counter(progress, f"Benchmarking on {profile.name}, each model alone", total=len(todo), every=1)
+            alone = [BenchJob((cid,), _model_config(config, d)) for cid, d in todo.items()]
+            for job, raw in _on_device(executor, work, alone):
+                cid = job.ids[0]
+                model_dir = todo[cid]
+                records[cid] = make_record(raw, profile, str(model_dir.onnx_file), candidate=cid, bench_id=bench_id,
+                                           **_unstructured_note(model_dir))
                 model_dir.write_bench(profile.name, records[cid])
-    return records
+                counter.advance(f"({cid}: p50 {records[cid]['latency_ms']['p50']:.3f} ms){executor.status()}")
+            if len(todo) > 1:
+                blocks = _interleaved(todo, work, config, bench_id, progress, executor)
+                for cid, model_dir in todo.items():
+                    records[cid]["interleaved"] = blocks[cid]
+                    model_dir.write_bench(profile.name, records[cid])
+    return {cid: records[cid] for cid in todo}
 
 
 def _model_config(config: dict, *model_dirs: ModelDir) -> dict:
@@ -113,18 +159,17 @@ def _model_config(config: dict, *model_dirs: ModelDir) -> dict:
     return {**config, "shapes": {**exported, **config["shapes"]}}
 
 
-def _interleaved(todo: dict[str, ModelDir], profile: Profile, config: dict, bench_id: str, progress) -> dict:
+def _interleaved(todo: dict[str, ModelDir], work: BenchWork, config: dict, bench_id: str, progress,
+                 executor: Executor) -> dict:
     """{model id: ``interleaved`` block}: every model timed in one process with the dense model."""
+    profile = work.profile
     reference = DENSE if DENSE in todo else next(iter(todo))
     batches = paired.groups(reference, [cid for cid in todo if cid != reference], profile.interleave_models)
-    processes = profile.interleave_processes
-    counter = Counter(progress, f"Timing on {profile.name}, interleaved with {reference}",
-                      total=len(batches) * processes, every=1)
+    jobs = [BenchJob(tuple(ids), _model_config(config, *(todo[cid] for cid in ids)))
+            for ids in batches for _ in range(profile.interleave_processes)]
+    counter = Counter(progress, f"Timing on {profile.name}, interleaved with {reference}", total=len(jobs), every=1)
     measured = []
-    for ids in batches:
-        dirs = [todo[cid] for cid in ids]
-        files, group_config = [d.onnx_file for d in dirs], _model_config(config, *dirs)
-        for _ in range(processes):
-            measured.append((ids, profile.runner.interleave(files, group_config)))
-            counter.advance(f"({', '.join(ids[1:])})")
+    for job, raw in _on_device(executor, work, jobs):
+        measured.append((list(job.ids), raw))
+        counter.advance(f"({', '.join(job.ids[1:])}){executor.status()}")
     return paired.summarize(measured, reference, bench_id)

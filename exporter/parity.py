@@ -17,6 +17,8 @@ def session(onnx_bytes: bytes, label: str) -> ort.InferenceSession:
     """An onnxruntime CPU session, or ExportError with onnxruntime's own message."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; warnings are not the user's business here
+    # the CPUs this process may use: all locally, the task's share on a Ray worker (executors pin torch)
+    options.intra_op_num_threads = torch.get_num_threads()
     try:
         return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind types

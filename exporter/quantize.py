@@ -59,14 +59,18 @@ class _Images:
         return None if batch is None else {INPUT_NAME: batch}
 
 
+def require_calibration(images: np.ndarray, label: str) -> None:
+    if len(images) == 0:
+        raise ExportError(f"cannot quantize {label}: the run's calibration split is empty "
+                          f"(raise --calib-fraction, or use --quantize none)")
+
+
 def quantize(onnx_bytes: bytes, images: np.ndarray, activation: str, label: str) -> bytes:
     """The QDQ INT8 model of ``onnx_bytes``, calibrated on ``images`` (N, C, H, W float32)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if len(images) == 0:
-        raise ExportError(f"cannot quantize {label}: the run's calibration split is empty "
-                          f"(raise --calib-fraction, or use --quantize none)")
+    require_calibration(images, label)
     with tempfile.TemporaryDirectory(prefix="mixprune-quantize-") as tmp:
         source, prepared, output = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         source.write_bytes(onnx_bytes)

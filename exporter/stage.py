@@ -1,9 +1,10 @@
 """The export stage: every model of a run directory to a verified, compactly stored ONNX file.
 
-For each model directory (``dense/`` and every finished candidate) it writes the ONNX
-file, its compact container (see ``mixprune.compact``) and the export record last, which
-marks the export finished (paths: ``mixprune.runs``). A model whose weights and export
-options are unchanged since its last export is skipped.
+For each model directory (``dense/`` and every finished candidate) an export task (on the
+run's executor) rebuilds the model from its stored weights and returns the ONNX file, its
+compact container (see ``mixprune.compact``) and the export record; the driver writes them,
+the record last, which marks the export finished (paths: ``mixprune.runs``). A model whose
+weights and export options are unchanged since its last export is skipped.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from mixprune import compact
 from mixprune.config import QUANTIZE
 from mixprune.data import DataSpec, Splits, load_splits
 from mixprune.errors import ExportError, RunDirError
-from mixprune.models import ModelSpec, build_stored
-from mixprune.progress import progress_bar, say
-from mixprune.runs import ModelDir, RunDir, now_iso, package_versions
+from mixprune.executors import Executor, TaskFailure, given_or_local
+from mixprune.models import ModelSpec
+from mixprune.progress import Counter, progress_bar, say
+from mixprune.runs import COMPACT_FILE, ONNX_FILE, ModelDir, RunDir, TorchModelDir, now_iso, package_versions
+from mixprune.stored import StoredModel, stored_model_of
 
 from . import parity, storage
 from .audit import audit
@@ -32,7 +35,6 @@ from .variants import quantize_models
 
 FORMAT_VERSION = 2  # 2: the audit matches no weight to a tensor that does not hold it (records of 1 may)
 TOLERANCE = 1e-4  # max |logit difference| accepted between torch and onnxruntime
-STEPS = ("export", "simplify", "audit", "parity", "storage", "write")
 RUNTIME_NOTE = ("onnxruntime has no sparse kernels and densifies sparse initializers at load: "
                 "unstructured sparsity makes the file smaller, not inference faster or leaner")
 
@@ -51,10 +53,32 @@ class ExportOptions:
         return {"format": FORMAT_VERSION, "opset": self.opset, "storage": self.storage, "simplify": self.simplify}
 
 
-def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions()) -> dict[str, dict]:
-    """Export the dense model and finished candidates of a run (or only ``candidates``).
+@dataclasses.dataclass(frozen=True)
+class ExportWork:
+    """What every export task shares: put into the executor's object store once per stage."""
+    spec: ModelSpec
+    dense_state: dict  # numpy arrays: every candidate is rebuilt over them
+    samples: torch.Tensor  # held-out images for parity
+    options: ExportOptions
+    prunable: list[str]  # the weights whose zeros count
 
-    Returns {model id: export record}; each record has ``skipped`` True when reused.
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """What an export task returns; the driver writes it (export.json gets the folder's weights digest)."""
+    record: dict
+    onnx_bytes: bytes
+    container: bytes
+
+
+def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions(),
+               executor: Executor | None = None) -> dict[str, dict]:
+    """Export the dense model and finished candidates of a run (or only ``candidates``), each an
+    ``export_task`` on ``executor`` (default: this process), then their INT8 variants.
+
+    Returns {model id: export record} of the models exported or reused (``skipped`` True when
+    reused). A model that cannot be exported is left out and named, with why, in run.json
+    ``stages.export.failures``; the others are exported all the same.
     """
     run = RunDir(run_dir)
     record = run.require()
@@ -74,21 +98,51 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions())
     results = {cid: dict(available[cid].read_export(), skipped=True) for cid in chosen if cid not in todo}
     activations = QUANTIZE[options.quantize]
     splits = load_splits(data) if todo or activations else None
-    if todo:
-        samples = held_out_samples(splits, options.parity_samples)
-        prunable = run.prunable_names()
-        with progress_bar() as progress:
-            task = progress.add_task("export", total=len(todo) * len(STEPS))
-            for cid in todo:
-                say(f"exporting {cid} ({spec.name})")
-                results[cid] = dict(export_model(
-                    available[cid], spec, samples, options, prunable, label=f"{spec.name} ({cid})",
-                    on_step=lambda name, cid=cid: progress.update(task, advance=1, description=f"export {cid}: {name}"),
-                ), skipped=False)
-    variants, failures = quantize_models(run, chosen, activations, splits, force=options.force)
-    if todo or variants or failures:
-        run.set_stage("export", "done", models=sorted({**results, **variants}), variant_failures=failures)
-    return {**{cid: results[cid] for cid in chosen}, **variants}
+    with given_or_local(executor) as executor:
+        failures = _export_all(run, spec, {cid: available[cid] for cid in todo}, splits, options, executor) if todo else {}
+        results.update({cid: dict(run.model(cid).read_export(), skipped=False) for cid in todo if cid not in failures})
+        exported = [cid for cid in chosen if cid in results]
+        variants, variant_failures = quantize_models(run, exported, activations, splits, executor, force=options.force)
+    if todo or variants or variant_failures:
+        run.set_stage("export", "done", models=sorted({**results, **variants}), failures=failures,
+                      variant_failures=variant_failures)
+    return {**{cid: results[cid] for cid in exported}, **variants}
+
+
+def _export_all(run: RunDir, spec: ModelSpec, todo: dict[str, TorchModelDir], splits: Splits,
+                options: ExportOptions, executor: Executor) -> dict[str, str]:
+    """Export ``todo`` on ``executor``, writing each model's files as its task returns; {id: why} of the failures."""
+    work = ExportWork(spec=spec, dense_state=run.dense_state(), samples=held_out_samples(splits, options.parity_samples),
+                      options=options, prunable=run.prunable_names())
+    digests, models = {}, []
+    for cid, folder in todo.items():
+        folder.drop_export()  # old artifacts are never paired with new weights
+        digests[cid] = folder.weights_digest()
+        models.append(stored_model_of(folder))
+    failures = {}
+    say(f"exporting {len(models)} model(s) of {spec.name} to ONNX, {executor.describe()}")
+    with progress_bar() as progress:
+        counter = Counter(progress, f"export, {executor.describe()}", total=len(models), every=1)
+        for model, outcome in executor.map(export_task, work, models):
+            if isinstance(outcome, TaskFailure):
+                failures[model.cid] = outcome.reason
+                say(f"[yellow]warning: {outcome.reason}; {model.cid} is left out[/yellow]")
+            else:
+                todo[model.cid].write_export({**outcome.record, "weights_sha256": digests[model.cid]},
+                                             outcome.onnx_bytes, outcome.container)
+                _warn_unverified(outcome.record, f"{spec.name} ({model.cid})")
+            counter.advance(model.cid + executor.status())
+    return failures
+
+
+def export_task(work: ExportWork, model: StoredModel) -> Exported | TaskFailure:
+    """Export one model (an executor runs this here or on a Ray worker); it writes nothing. A model
+    that cannot be exported (an ExportError) is a TaskFailure."""
+    label = f"{work.spec.name} ({model.cid})"
+    try:
+        return export_model(model.build(work.spec, work.dense_state)[0].eval(), work, label)
+    except ExportError as exc:
+        return TaskFailure(model.cid, str(exc))
 
 
 def is_current(model_dir: ModelDir, options: ExportOptions) -> bool:
@@ -110,19 +164,15 @@ def held_out_samples(splits: Splits, count: int) -> torch.Tensor:
     return torch.stack([val[i][0] for i in range(count)])
 
 
-def export_model(model_dir: ModelDir, spec: ModelSpec, samples: torch.Tensor, options: ExportOptions,
-                 prunable: list[str], label: str, on_step=lambda name: None) -> dict:
-    """Export one model; returns (and writes) its export record. ``prunable``: the weights whose zeros count."""
-    model_dir.drop_export()
-    model = build_stored(spec, model_dir, label)
-    wanted = set(prunable)
+def export_model(model: torch.nn.Module, work: ExportWork, label: str) -> Exported:
+    """Export, simplify, audit and check one torch model; its files and export record, in memory."""
+    options, samples = work.options, work.samples
+    wanted = set(work.prunable)
     params = {name: p.detach().numpy() for name, p in model.named_parameters() if name in wanted}
 
-    on_step("export")
-    exported = export_onnx(model, spec.input_shape, opset=options.opset, label=label)
+    exported = export_onnx(model, work.spec.input_shape, opset=options.opset, label=label)
     parity.session(exported.SerializeToString(), label)
 
-    on_step("simplify")
     if options.simplify:
         final, simplified, note = simplify_guarded(exported, lambda proto: audit(params, proto))
     else:
@@ -130,15 +180,12 @@ def export_model(model_dir: ModelDir, spec: ModelSpec, samples: torch.Tensor, op
     negative_zeros = canonicalize_zeros(final)
     dense_bytes = final.SerializeToString()
 
-    on_step("audit")
     zeros = audit(params, final)
 
-    on_step("parity")
     dense_session = parity.session(dense_bytes, label)
     ort_out = parity.ort_logits(dense_session, samples)
     result = parity.compare(parity.torch_logits(model, samples), ort_out)
 
-    on_step("storage")
     sparse_proto, sparse_info = storage.to_sparse(final)
     sparse_bytes = sparse_proto.SerializeToString()
     sparse_out = parity.ort_logits(parity.session(sparse_bytes, f"{label}, sparse storage"), samples)
@@ -149,15 +196,13 @@ def export_model(model_dir: ModelDir, spec: ModelSpec, samples: torch.Tensor, op
     if compact.unpack(container) != dense_bytes:
         raise ExportError(f"the compact container of {label} does not expand to the dense ONNX file")
 
-    on_step("write")
     onnx_bytes = sparse_bytes if options.storage == "sparse" else dense_bytes
     record = {
-        "model": spec.name,
-        "weights_sha256": model_dir.weights_digest(),
+        "model": work.spec.name,
         "options": options.key(),
         "opset": options.opset,
         "storage": options.storage,
-        "files": {"onnx": model_dir.onnx_file.name, "compact": model_dir.compact_file.name},
+        "files": {"onnx": ONNX_FILE, "compact": COMPACT_FILE},
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "dense_onnx_sha256": hashlib.sha256(dense_bytes).hexdigest(),
         **io_spec(final),
@@ -191,11 +236,14 @@ def export_model(model_dir: ModelDir, spec: ModelSpec, samples: torch.Tensor, op
         "layers": zeros["layers"],
         "exported_at": now_iso(),
     }
-    model_dir.write_export(record, onnx_bytes, container)
+    return Exported(record, onnx_bytes, container)
+
+
+def _warn_unverified(record: dict, label: str) -> None:
     if not record["verified"]:
+        parity_result = record["parity"]
         say(f"[yellow]warning: {label} is not verified (sparsity preserved: {record['sparsity_preserved']}, "
-            f"max |diff| {result['max_abs_diff']:.2e}, top-1 agreement {result['top1_agreement']:.3f})[/yellow]")
-    return record
+            f"max |diff| {parity_result['max_abs_diff']:.2e}, top-1 agreement {parity_result['top1_agreement']:.3f})[/yellow]")
 
 
 def _checker_accepts(proto: onnx.ModelProto) -> bool:

@@ -1,16 +1,17 @@
 """INT8 variants of exported models: ``candidates/<parent>+int8/`` (int8 activations) and
 ``candidates/<parent>+int8u/`` (uint8 activations), each a candidate of its own.
 
-A variant is made from its parent's dense ONNX bytes (the compact container holds them
-whatever ``--storage`` model.onnx has), calibrated on the run's calibration split, and
-measured with onnxruntime on the tune and held-out splits like every candidate. Its
-records are written in the order ONNX file, container, export.json, strategy.json and
+A variant is a quantization task (on the run's executor) over its parent's dense ONNX bytes
+(the compact container holds them whatever ``--storage`` model.onnx has), calibrated on the
+run's calibration split, and measured with onnxruntime on the tune and held-out splits like every candidate. The driver
+writes its records in the order ONNX file, container, export.json, strategy.json and
 eval.json last, which marks it finished. A variant whose parent's ONNX and quantization
 settings are unchanged is reused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 
@@ -22,12 +23,13 @@ from mixprune import compact
 from mixprune.accuracy import accuracy_of
 from mixprune.data import Splits
 from mixprune.errors import ExportError
-from mixprune.progress import say
-from mixprune.runs import ModelDir, RunDir, VariantDir, now_iso, package_versions
+from mixprune.executors import Executor, TaskFailure
+from mixprune.progress import Counter, progress_bar, say
+from mixprune.runs import COMPACT_FILE, ONNX_FILE, RunDir, VariantDir, now_iso, package_versions
 
 from . import parity
 from .onnx_export import io_spec
-from .quantize import ACTIVATIONS, quantize, settings, zeros_kept
+from .quantize import ACTIVATIONS, quantize, require_calibration, settings, zeros_kept
 
 INT8_NOTE = ("INT8 (QDQ): onnxruntime runs integer kernels, so it may be faster or slower than fp32 "
              "depending on the model and the device; only its bench records say which")
@@ -46,33 +48,77 @@ def _is_current(variant: VariantDir, parent_export: dict, quantization: dict) ->
             and previous.get("quantization") == quantization)
 
 
+@dataclasses.dataclass(frozen=True)
+class QuantizeWork:
+    """What every quantization task shares: put into the executor's object store once."""
+    calibration: np.ndarray  # (N, C, H, W) float32
+    held_out: tuple[torch.Tensor, np.ndarray]  # images, labels
+    tune: tuple[torch.Tensor, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantJob:
+    """One variant to make, with what the driver read of its parent."""
+    vid: str
+    parent: str
+    quantization: dict
+    dense_bytes: bytes  # the parent's dense ONNX file
+    parent_export: dict
+    parent_strategy: dict
+    parent_eval: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A quantization task's result; the driver writes it (ONNX file, container, export.json,
+    strategy.json, eval.json last)."""
+    export: dict
+    int8_bytes: bytes
+    container: bytes
+    strategy: dict
+    evaluation: dict
+
+
 def quantize_models(run: RunDir, parents: list[str], activations: tuple[str, ...], splits: Splits,
-                    force: bool = False) -> tuple[dict[str, dict], dict[str, str]]:
-    """The INT8 variants of the exported ``parents``: ({variant id: export record (``skipped``)},
-    {variant id: why it could not be made}). A model onnxruntime cannot quantize loses only that variant."""
+                    executor: Executor, force: bool = False) -> tuple[dict[str, dict], dict[str, str]]:
+    """The INT8 variants of the exported ``parents``, one ``quantize_task`` each on ``executor``:
+    ({variant id: export record (``skipped``)}, {variant id: why it could not be made}). A model
+    onnxruntime cannot quantize loses only that variant."""
     if not activations:
         return {}, {}
-    calibration = _stack(splits.calibration)[0].numpy()
-    held_out, tune = _stack(splits.val), _stack(splits.tune)
-    results, failures = {}, {}
+    work = QuantizeWork(calibration=_stack(splits.calibration)[0].numpy(), held_out=_stack(splits.val),
+                        tune=_stack(splits.tune))
+    require_calibration(work.calibration, f"the models of {run.root}")  # no variant could be made
+    results, jobs = {}, []
     for mid in parents:
         parent = run.model(mid)
         parent_export = parent.read_export()
         for activation in activations:
             variant = run.variant(mid, ACTIVATIONS[activation].suffix)
-            quantization = settings(activation, len(calibration))
+            quantization = settings(activation, len(work.calibration))
             if not force and _is_current(variant, parent_export, quantization):
                 results[variant.id] = dict(variant.read_export(), skipped=True)
                 continue
-            say(f"quantizing {mid} to INT8 ({activation} activations): {variant.id}")
-            try:
-                results[variant.id] = dict(make_variant(parent, parent_export, variant, quantization,
-                                                        calibration, held_out, tune), skipped=False)
-            except ExportError as exc:
-                if len(calibration) == 0:
-                    raise  # no variant can be made: the run cannot go on as asked
-                failures[variant.id] = str(exc)
-                say(f"[yellow]warning: {exc}; {variant.id} is left out[/yellow]")
+            variant.eval_json.unlink(missing_ok=True)  # unfinished until its eval.json lands again
+            variant.drop_export()
+            jobs.append(VariantJob(variant.id, mid, quantization, compact.unpack(parent.compact_file.read_bytes()),
+                                   parent_export, parent.read_strategy() or {}, parent.read_eval()))
+    failures = {}
+    if jobs:
+        say(f"quantizing {len(jobs)} model(s) to INT8, {executor.describe()}")
+        with progress_bar() as progress:
+            counter = Counter(progress, f"INT8 variants, {executor.describe()}", total=len(jobs), every=1)
+            for job, outcome in executor.map(quantize_task, work, jobs):
+                if isinstance(outcome, TaskFailure):
+                    failures[job.vid] = outcome.reason
+                    say(f"[yellow]warning: {outcome.reason}; {job.vid} is left out[/yellow]")
+                else:
+                    variant = run.candidate(job.vid)
+                    variant.write_export(outcome.export, outcome.int8_bytes, outcome.container)
+                    variant.write_strategy(outcome.strategy)
+                    variant.write_eval(outcome.evaluation)
+                    results[job.vid] = dict(outcome.export, skipped=False)
+                counter.advance(job.vid + executor.status())
     return results, failures
 
 
@@ -80,17 +126,22 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(axis=1) == labels))
 
 
-def make_variant(parent: ModelDir, parent_export: dict, variant: VariantDir, quantization: dict,
-                 calibration: np.ndarray, held_out: tuple, tune: tuple) -> dict:
-    """Quantize, check, measure and write one variant; returns its export record."""
-    label = f"{parent_export['model']} ({variant.id})"
-    variant.eval_json.unlink(missing_ok=True)  # unfinished until its eval.json lands again
-    variant.drop_export()
-    dense_bytes = compact.unpack(parent.compact_file.read_bytes())
-    int8_bytes = quantize(dense_bytes, calibration, quantization["activation_type"], label)
+def quantize_task(work: QuantizeWork, job: VariantJob) -> Variant | TaskFailure:
+    """Quantize, check and measure one variant (here or on a Ray worker; it writes nothing); a
+    variant onnxruntime cannot make is a TaskFailure."""
+    try:
+        return make_variant(work, job)
+    except ExportError as exc:
+        return TaskFailure(job.vid, str(exc))
+
+
+def make_variant(work: QuantizeWork, job: VariantJob) -> Variant:
+    parent_export, dense_bytes = job.parent_export, job.dense_bytes
+    label = f"{parent_export['model']} ({job.vid})"
+    int8_bytes = quantize(dense_bytes, work.calibration, job.quantization["activation_type"], label)
     fp32_session = parity.session(dense_bytes, f"{label}'s parent")
     int8_session = parity.session(int8_bytes, label)
-    (val_images, val_labels), (tune_images, tune_labels) = held_out, tune
+    (val_images, val_labels), (tune_images, tune_labels) = work.held_out, work.tune
     parent_logits, int8_logits = parity.ort_logits(fp32_session, val_images), parity.ort_logits(int8_session, val_images)
     tune_logits = parity.ort_logits(int8_session, tune_images)
     proto = onnx.load_from_string(int8_bytes)
@@ -100,11 +151,11 @@ def make_variant(parent: ModelDir, parent_export: dict, variant: VariantDir, qua
         raise ExportError(f"the compact container of {label} does not expand to its ONNX file")
     agreement = parity.compare(parent_logits, int8_logits)
     sha256 = hashlib.sha256(int8_bytes).hexdigest()  # no sparse storage of a variant: model.onnx is the dense file
-    record = {
-        "model": parent_export["model"], "kind": "int8", "parent": parent.id,
-        "parent_onnx_sha256": parent_export["dense_onnx_sha256"], "quantization": quantization,
+    export = {
+        "model": parent_export["model"], "kind": "int8", "parent": job.parent,
+        "parent_onnx_sha256": parent_export["dense_onnx_sha256"], "quantization": job.quantization,
         "opset": parent_export["opset"], "storage": "dense",
-        "files": {"onnx": variant.onnx_file.name, "compact": variant.compact_file.name},
+        "files": {"onnx": ONNX_FILE, "compact": COMPACT_FILE},
         "onnx_sha256": sha256, "dense_onnx_sha256": sha256,
         **io_spec(proto),
         "zeros_torch": parent_export["zeros_torch"], "zeros_onnx": zeros["zeros_int8"],
@@ -118,22 +169,20 @@ def make_variant(parent: ModelDir, parent_export: dict, variant: VariantDir, qua
         "runtime_note": INT8_NOTE, "versions": package_versions(), "layers": zeros["layers"],
         "exported_at": now_iso(),
     }
-    variant.write_export(record, int8_bytes, container)
-    parent_strategy = parent.read_strategy() or {}
-    variant.write_strategy({
-        "cid": variant.id, "kind": "int8", "parent": parent.id, "quantization": quantization,
+    parent_strategy = job.parent_strategy
+    strategy = {
+        "cid": job.vid, "kind": "int8", "parent": job.parent, "quantization": job.quantization,
         "signal": parent_strategy.get("signal", "dense"), "strategy": parent_strategy.get("strategy", "dense"),
         "layers": parent_strategy.get("layers", {}), "global_sparsity": parent_strategy.get("global_sparsity", 0.0),
         "parent_kind": parent_strategy.get("kind", "dense"),
         # a structured parent's INT8 variant is still a channel-cut model: ranking and report group by mode
         **{key: parent_strategy[key] for key in ("mode", "channels", "heads", "params", "macs", "macs_reduction", "params_reduction")
-           if key in parent_strategy}})
-    parent_eval = parent.read_eval()
-    variant.write_eval({
+           if key in parent_strategy}}
+    evaluation = {
         "accuracy": _accuracy(int8_logits, val_labels), "tune_accuracy": _accuracy(tune_logits, tune_labels),
         "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
         "samples": len(val_labels), "tune_samples": len(tune_labels),
         "agreement_with_parent": agreement["top1_agreement"], "measured_with": "onnxruntime",
         "parent_accuracy": _accuracy(parent_logits, val_labels),
-        "parent_accuracy_torch": accuracy_of(parent_eval)[0]})
-    return record
+        "parent_accuracy_torch": accuracy_of(job.parent_eval)[0]}
+    return Variant(export, int8_bytes, container, strategy, evaluation)

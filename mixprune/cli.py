@@ -286,17 +286,39 @@ def prune(ctx, config_file, resume, **flags):
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim (it is also skipped whenever it loses zeros or grows the file).")
 @click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset version.")
 @click.option("--force", is_flag=True, help="Re-export models whose weights and options did not change.")
-def export(run_dir, candidates, storage, quantize, no_simplify, opset, force):
+@_options(CONFIG_DEFAULTS, "executor", "ray_address", "ray_cpus_per_task")
+def export(run_dir, candidates, storage, quantize, no_simplify, opset, force, **placement):
     """Export the dense model and candidates of RUN_DIR to ONNX, verified and stored compactly.
 
     Writes model.onnx, model.onnx.mxc (lossless compact container; expand it with
     `python -m mixprune.compact expand`) and export.json into each model's folder.
+    A model that cannot be exported is named with why and the command fails, after
+    exporting the others all the same.
     """
+    from mixprune.errors import ExportError
     from mixprune.exporter.stage import ExportOptions, export_run
     from mixprune.runs import RunDir
 
     options = ExportOptions(opset=opset, storage=storage, simplify=not no_simplify, force=force, quantize=quantize)
-    results = export_run(run_dir, candidates, options)
+    with _open_executor(**placement) as executor:
+        results = export_run(run_dir, candidates, options, executor)
+    stage = RunDir(run_dir).load().get("stages", {}).get("export", {})
+    failures = {cid: why for cid, why in stage.get("failures", {}).items() if cid not in results}
+    _echo_exports(results, quantize, stage)
+    if failures:
+        listed = "; ".join(f"{cid}: {why}" for cid, why in failures.items())
+        raise ExportError(f"{len(failures)} model(s) could not be exported ({listed})")
+
+
+def _open_executor(executor: str, ray_address: str | None, ray_cpus_per_task: int, devices: tuple[str, ...] = ()):
+    from .executors import ExecutorOptions, open_executor
+
+    return open_executor(executor, ExecutorOptions(ray_address, ray_cpus_per_task, devices))
+
+
+def _echo_exports(results: dict, quantize: str, stage: dict) -> None:
+    if not results:
+        return
     width = max(map(len, results))
     for cid, rec in results.items():
         size = rec["bytes"]
@@ -305,7 +327,6 @@ def export(run_dir, candidates, storage, quantize, no_simplify, opset, force):
             f"zeros {rec['zeros_onnx']}/{rec['zeros_torch']} {'kept' if rec['sparsity_preserved'] else 'LOST'}  "
             f"max|diff| {rec['parity']['max_abs_diff']:.1e}  top-1 agree {rec['parity']['top1_agreement']:.3f}  "
             f"onnx {size['onnx'] / MB:.2f} MB, compact {size['compact'] / size['onnx']:.3f}x")
-    stage = RunDir(run_dir).load().get("stages", {}).get("export", {})
     for vid, why in (stage.get("variant_failures", {}) if quantize != "none" else {}).items():
         click.echo(f"{vid}  not made: {why}")
 
@@ -379,7 +400,8 @@ def _parse_shapes(ctx, param, values):
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", callback=_parse_shapes,
               help="Size of an input with dynamic dimensions, e.g. --shape input=1x3x224x224; repeat per input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON record(s) instead of a table.")
-def bench(target, device, runs, warmup, threads, shapes, as_json):
+@_options(CONFIG_DEFAULTS, "executor", "ray_address", "ray_cpus_per_task")
+def bench(target, device, runs, warmup, threads, shapes, as_json, **placement):
     """Measure latency, cold start, peak memory and size with onnxruntime on a device.
 
     \b
@@ -390,7 +412,8 @@ def bench(target, device, runs, warmup, threads, shapes, as_json):
                 rounds (the latency that ranks: paired ratios to dense); writes
                 <model dir>/bench/<device>.json.
     The torch-free agent runs on this machine, over SSH or under ARM emulation, as
-    the profile's runner says.
+    the profile's runner says; with --executor ray, each agent process is a Ray task
+    on the node that holds the device (resource device:NAME), one at a time.
     """
     import json
     from pathlib import Path
@@ -406,12 +429,15 @@ def bench(target, device, runs, warmup, threads, shapes, as_json):
         raise BenchmarkError(f"{target} does not exist (give an .onnx file or a run directory)")
     profile = load_profile(device)
     config = agent_config(profile, runs=runs, warmup=warmup, threads=threads, shapes=shapes)
+    with _open_executor(**placement, devices=(profile.name,)) as executor:
+        if path.is_dir():
+            records = bench_run_dir(path, profile, config, executor)
+        else:
+            say(f"Benchmarking {path.name} on {profile.name}: {config['warmup']} warm-up + {config['runs']} runs")
+            record = bench_model(path, profile, config, executor)
     if path.is_dir():
-        records = bench_run_dir(path, profile, config)
         click.echo(json.dumps(records, indent=2) if as_json else format_table(records))
     else:
-        say(f"Benchmarking {path.name} on {profile.name}: {config['warmup']} warm-up + {config['runs']} runs")
-        record = bench_model(path, profile, config)
         click.echo(json.dumps(record, indent=2) if as_json else format_record(record))
 
 

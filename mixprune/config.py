@@ -11,6 +11,7 @@ import dataclasses
 
 from .errors import ConfigError
 from .executors import EXECUTORS as executor_registry
+from .executors import Executor, ExecutorOptions, open_executor
 from .pruning import scores
 from .settings import Field, check, read_toml
 
@@ -95,6 +96,11 @@ class RunConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name, value in check(values, FIELDS, fill=False).items():
             setattr(self, name, value)
+
+    def open_executor(self, devices: tuple[str, ...] = ()) -> Executor:
+        """The executor the run's per-candidate work runs on (a context manager); a local Ray
+        instance also holds ``devices`` (profile names) for the benchmarks."""
+        return open_executor(self.executor, ExecutorOptions(self.ray_address, self.ray_cpus_per_task, devices))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -175,15 +175,9 @@ def numpy_state(model_or_state) -> dict:
     return {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()}
 
 
-def build_stored(spec: ModelSpec, model_dir, label: str):
-    """The torch model a run directory's folder holds (``mixprune.runs.TorchModelDir``), weights loaded, eval mode:
-    the timm model of ``spec``, cut first when the folder holds a structured candidate."""
-    from .cuts import Cut, build_cut_model
-    from .runs import CutDir
+def build_stored(spec: ModelSpec, model_dir):
+    """The torch model a run directory's folder holds (``mixprune.runs.TorchModelDir``), weights loaded,
+    eval mode (``mixprune.stored``: cut first when the folder holds a structured candidate)."""
+    from .stored import stored_model_of
 
-    if isinstance(model_dir, CutDir):
-        return build_cut_model(spec, Cut.from_dict(model_dir.read_cut()), model_dir.run.dense_state(),
-                               model_dir.load_changes(), label)
-    model = build_model(spec)
-    load_state(model, model_dir.load_state(), f"the weights of {label}")
-    return model.eval()
+    return stored_model_of(model_dir).build(spec, model_dir.run.dense_state())[0].eval()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .accuracy import SELECTION_SPLIT, accuracy_of
 from .config import RunConfig
+from .errors import ExportError
 from .progress import say
 from .ranking import rank_run, require_choice
 from .report import write_report
@@ -103,22 +104,29 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
         timings[name] = round(time.perf_counter() - start, 2)
         return result
 
-    if run.stage_status("prune") == "done":
-        say("prune: done before, kept")
-    else:
-        summary = timed("prune", run_prune, config, resume=run.exists())
-        timings.update({f"prune.{k}": v for k, v in summary["timings_s"].items()})
-    selected, notes = select_for_export(run, config)
-    say(f"exporting the dense model and {len(selected)} candidate(s) within {config.max_drop:g} points of it")
-    timed("export", export_run, root, ["dense", *selected], ExportOptions(storage=config.storage, quantize=config.quantize))
-    for profile in profiles:
-        stage = f"bench:{profile.name}"
-        if run.stage_status(stage) == "done" and resume:
-            say(f"bench on {profile.name}: done before, kept")
-            continue
-        bench_config = agent_config(profile, runs=config.bench_runs, warmup=config.bench_warmup)
-        timed(stage, bench_run_dir, root, profile, bench_config)
-        run.set_stage(stage, "done")
+    with config.open_executor(tuple(p.name for p in profiles)) as executor:  # once for every stage
+        if run.stage_status("prune") == "done":
+            say("prune: done before, kept")
+        else:
+            summary = timed("prune", run_prune, config, resume=run.exists(), executor=executor)
+            timings.update({f"prune.{k}": v for k, v in summary["timings_s"].items()})
+        selected, notes = select_for_export(run, config)
+        say(f"exporting the dense model and {len(selected)} candidate(s) within {config.max_drop:g} points of it")
+        timed("export", export_run, root, [DENSE, *selected],
+              ExportOptions(storage=config.storage, quantize=config.quantize), executor)
+        failures = run.load().get("stages", {}).get("export", {}).get("failures", {})
+        if DENSE in failures:
+            raise ExportError(f"the dense model cannot be exported, so no candidate can be measured against it: "
+                              f"{failures[DENSE]}")
+        notes.update({cid: f"export failed: {why}" for cid, why in failures.items()})
+        for profile in profiles:
+            stage = f"bench:{profile.name}"
+            if run.stage_status(stage) == "done" and resume:
+                say(f"bench on {profile.name}: done before, kept")
+                continue
+            bench_config = agent_config(profile, runs=config.bench_runs, warmup=config.bench_warmup)
+            timed(stage, bench_run_dir, root, profile, bench_config, executor)
+            run.set_stage(stage, "done")
     ranking = timed("rank", rank_and_report, root, max_drop=config.max_drop, devices=config.devices,
                     objective=config.objective, export_notes=notes)
     bundle = timed("release", release, root, "best", force=True)

@@ -24,14 +24,15 @@ from mixprune.config import DEFAULT_ROUND_TO, MODE_FAMILIES, RunConfig
 from mixprune.data import DataSpec, Splits, load_splits
 from mixprune import masked
 from mixprune.errors import CutError, RunDirError
-from mixprune.executors import Executor, ExecutorOptions, open_executor
+from mixprune.executors import Executor
 from mixprune.models import ModelSpec, build_model, build_stored, load_state, load_weights, numpy_state
 from mixprune.progress import Counter, progress_bar, say
 from mixprune.runs import RunDir, package_versions
+from mixprune.stored import stored_model_of
 from mixprune.training import recalibrate_batchnorm, split_accuracies, train
 
 from . import masks as masklib
-from .finetune import FinetuneWork, finetune_task, job_of
+from .finetune import FinetuneWork, finetune_task
 from .ranges import RuleTable, get_table, layer_ranges
 from .roles import Layer, discover_layers, prunable_parameters
 from .scores import BASELINES, SIGNALS, ScoreFn, global_methods
@@ -341,11 +342,11 @@ def finetune_candidates(inputs: Inputs, cids: list[str], executor: Executor) -> 
             evals[cid] = record
         elif folder.weights_digest() != record["weights_sha256"]:
             # killed after the fine-tuned weights landed but before eval.json: just measure them
-            model = build_stored(inputs.spec, folder, cid)
+            model = build_stored(inputs.spec, folder)
             evals[cid] = _finetuned(folder, record, inputs.accuracies(model, cid, "_finetuned"), {"resumed": True},
                                     folder.weights_digest())
         else:
-            jobs.append(job_of(folder))
+            jobs.append(stored_model_of(folder))
     if jobs:
         work = FinetuneWork(config=inputs.config, spec=inputs.spec, splits=inputs.splits, dense_state=run.dense_state())
         with progress_bar() as progress:
@@ -401,9 +402,12 @@ def prune_unstructured(inputs: Inputs, dense_state: dict, done: set[str], recal_
     return plans, evals
 
 
-def run_prune(config: RunConfig, resume: bool = False) -> dict:
-    """The whole prune stage; returns a summary with timings per phase."""
-    with open_executor(config.executor, ExecutorOptions(config.ray_address, config.ray_cpus_per_task)) as executor:
+def run_prune(config: RunConfig, resume: bool = False, executor: Executor | None = None) -> dict:
+    """The whole prune stage on ``executor`` (default: the one ``config`` names, opened and closed
+    here); returns a summary with timings per phase."""
+    if executor is not None:
+        return _run_prune(config, resume, executor)
+    with config.open_executor() as executor:
         return _run_prune(config, resume, executor)
 
 

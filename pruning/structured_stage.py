@@ -22,7 +22,7 @@ import torch
 
 from mixprune.cuts import changed_tensors
 from mixprune.errors import CutError
-from mixprune.executors import Executor
+from mixprune.executors import Executor, TaskFailure
 from mixprune.models import numpy_state
 from mixprune.progress import Counter, progress_bar, say
 from mixprune.runs import STRUCTURED_PREFIX
@@ -212,13 +212,6 @@ class CutResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class CutFailure:
-    """A plan Torch-Pruning could not cut: recorded, and the run goes on."""
-    cid: str
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
 class CutWork(StageWork):
     scores: dict[str, GroupScores]
 
@@ -233,12 +226,13 @@ def _worker_cutter(work: CutWork) -> Cutter:
     return Cutter(inputs, phase, functools.partial(measure, inputs, recalibration_set(inputs)))
 
 
-def cut_candidate(work: CutWork, plan: StructuredPlan) -> CutResult | CutFailure:
-    """One structured candidate task (an executor runs it here or on a Ray worker)."""
+def cut_candidate(work: CutWork, plan: StructuredPlan) -> CutResult | TaskFailure:
+    """One structured candidate task (an executor runs it here or on a Ray worker); a plan
+    Torch-Pruning cannot cut is a TaskFailure."""
     try:
         return made_once(work, _worker_cutter).evaluate(plan)
     except CutError as exc:
-        return CutFailure(plan.cid, str(exc))
+        return TaskFailure(plan.cid, str(exc))
 
 
 def prune_structured(inputs: Inputs, measure: Measure, done: set[str],
@@ -261,7 +255,7 @@ def prune_structured(inputs: Inputs, measure: Measure, done: set[str],
             counter = Counter(progress, f"structured candidates, {executor.describe()}"
                               + (f" ({len(evals)} finished before)" if evals else ""), total=len(todo))
             for plan, result in executor.map(cut_candidate, work, todo):
-                if isinstance(result, CutFailure):
+                if isinstance(result, TaskFailure):
                     failures[plan.cid] = result.reason
                     say(f"[yellow]{plan.cid}: not made ({result.reason})[/yellow]")
                 else:

@@ -89,7 +89,7 @@ def ray_instance():
     """One local Ray instance with 2 CPUs for the module; --executor ray joins it instead of starting one."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MIXPRUNE_QUIET": "1"}})
+             resources={"device:host": 1}, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MIXPRUNE_QUIET": "1"}})
     yield ray
     ray.shutdown()
 
@@ -123,6 +123,51 @@ def test_a_run_started_locally_resumes_on_ray(local_run, ray_instance, tmp_path)
     assert _records(out) == _records(local_run)
     assert all((out / "candidates" / cid / "eval.json").stat().st_mtime_ns == t for cid, t in kept.items())
     assert load(out / "run.json")["config"]["executor"] == "ray"
+
+
+def _exported(run: Path, models: list[str]) -> dict:
+    """Each model's export.json (less its time stamp), and a variant's strategy.json and eval.json."""
+    records = {}
+    for mid in models:
+        folder = run / ("dense" if mid == "dense" else f"candidates/{mid}")
+        records[mid] = {name: load(folder / name) for name in ("export.json", "strategy.json", "eval.json")
+                        if (folder / name).is_file() and (name == "export.json" or "+" in mid)}
+        records[mid]["export.json"].pop("exported_at")
+    return records
+
+
+@pytest.mark.slow
+def test_export_quantize_and_bench_on_ray_give_the_same_records(local_run, ray_instance, tmp_path):
+    """Export, INT8 and device benchmark tasks: the same files and records as locally (timings aside)."""
+    chosen = ["dense", "mm-magnitude-balanced", "st-magnitude-balanced"]
+    runs = {}
+    for executor in ("local", "ray"):
+        out = runs[executor] = Path(shutil.copytree(local_run, tmp_path / executor))
+        with torch_threads(1):
+            result = cli("export", out, *(f"--candidate={cid}" for cid in chosen), "--quantize", "static",
+                         "--executor", executor)
+            assert result.exit_code == 0, result.output
+            result = cli("bench", out, "--device", "host", "--runs", "3", "--warmup", "1", "--executor", executor)
+            assert result.exit_code == 0, result.output
+    models = [*chosen, *(f"{cid}+int8u" for cid in chosen)]
+    local, remote = _exported(runs["local"], models), _exported(runs["ray"], models)
+    assert local == remote
+    assert all(r["export.json"]["verified"] for mid, r in local.items() if "+" not in mid)
+    for mid in models:  # every model measured alone and interleaved with dense, on host, once
+        folder = runs["ray"] / ("dense" if mid == "dense" else f"candidates/{mid}")
+        bench = load(folder / "bench" / "host.json")
+        assert bench["candidate"] == mid and bench["device"] == "host" and bench["latency_ms"]["p50"] > 0
+        assert bench["interleaved"]["reference"] == "dense" and bench["model"] == str(folder / "model.onnx")
+
+
+def test_a_device_no_ray_node_holds_is_one_line(ray_instance, local_run, tmp_path):
+    out = Path(shutil.copytree(local_run, tmp_path / "run"))
+    assert cli("export", out, "--candidate", "dense").exit_code == 0
+    result = cli("bench", out, "--device", "rpi4", "--executor", "ray")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "no node of the Ray cluster holds device:rpi4" in lines[0], result.output
+    assert not (out / "dense" / "bench").exists()
 
 
 def test_a_task_that_fails_for_its_own_reason_is_raised_once_not_retried(ray_instance, tmp_path):

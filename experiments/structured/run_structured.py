@@ -430,10 +430,10 @@ def speed_models_32(name: str, cuts: dict, spec: ModelSpec, first: RunDir, folde
                     val_images: torch.Tensor, val_labels: np.ndarray) -> tuple[dict, dict, dict]:
     """Export and quantize the dense model and the best structured cut at each target (fine-tuned);
     held-out accuracy of each in onnxruntime. Returns (paths, exports, cut records)."""
-    models = {"dense": build_stored(spec, first.dense, "dense")}
+    models = {"dense": build_stored(spec, first.dense)}
     records = {}
     for mid, (run, cid) in cuts.items():
-        models[mid] = build_stored(spec, run.candidate(cid), cid)
+        models[mid] = build_stored(spec, run.candidate(cid))
         strategy = run.candidate(cid).read_strategy()
         before, after = strategy["macs"]["before"], strategy["macs"]["after"]
         records[mid] = {"cid": cid, "macs_before": before, "macs_after": after, "mac_reduction": 1 - after / before,

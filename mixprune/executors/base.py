@@ -3,13 +3,15 @@
 A stage hands an executor one function, the work every task shares (``Shared``: put into the
 object store once per run, not once per task) and the items; ``map`` yields (item, result) as
 each task finishes, in whatever order. Tasks return records and small tensors, never the run
-directory's files: the driver writes those. A task's own failure is raised in the driver, as
-it would be locally.
+directory's files: the driver writes those. A task that cannot do its item for a reason of its
+own (a model that cannot be cut, exported or quantized) returns a ``TaskFailure``: the stage
+records it and goes on, on every executor. Anything else a task raises is raised in the driver.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from typing import Any, Callable, Iterable, Iterator
 
@@ -22,9 +24,22 @@ Task = Callable[[Any, Any], Any]  # (shared work, item) -> result; a module-leve
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskFailure:
+    """Why a task could not do its item (a deterministic failure of that item: never retried)."""
+    mid: str  # the model (candidate) id
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ExecutorOptions:
     address: str | None = None  # ray: "auto", "host:port", or None for a local instance
     cpus_per_task: int = 1
+    devices: tuple[str, ...] = ()  # device profiles benchmarked: a local Ray instance holds each once
+
+
+def device_resource(device: str) -> str:
+    """The resource a benchmark on ``device`` holds (one unit per device: two never share it)."""
+    return f"device:{device}"
 
 
 class Executor(abc.ABC):
@@ -40,8 +55,10 @@ class Executor(abc.ABC):
         pass
 
     @abc.abstractmethod
-    def map(self, task: Task, shared: Any, items: Iterable) -> Iterator[tuple[Any, Any]]:
-        """(item, task(shared, item)) for every item, as each finishes."""
+    def map(self, task: Task, shared: Any, items: Iterable, resources: dict[str, float] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
+        """(item, task(shared, item)) for every item, as each finishes; each task holds ``resources``
+        (e.g. ``{device_resource(name): 1}``) while it runs."""
 
     def describe(self) -> str:
         """Where the tasks run, for progress lines."""
@@ -54,3 +71,14 @@ class Executor(abc.ABC):
 
 def open_executor(name: str, options: ExecutorOptions) -> Executor:
     return EXECUTORS.get(name)(options)
+
+
+@contextlib.contextmanager
+def given_or_local(executor: Executor | None) -> Iterator[Executor]:
+    """``executor`` (opened and closed by its owner, e.g. `mixprune run` for all its stages), or a
+    local one for a stage called on its own."""
+    if executor is not None:
+        yield executor
+        return
+    with open_executor("local", ExecutorOptions()) as local:
+        yield local

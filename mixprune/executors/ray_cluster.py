@@ -6,15 +6,21 @@ the reference. Each task asks Ray for ``cpus_per_task`` CPUs and pins torch (and
 pools of whatever it loads) to that many threads: Ray sets OMP_NUM_THREADS from num_cpus but
 isolates nothing. A worker process that dies mid-task is retried (``MAX_RETRIES``); a task that
 raises is not (its failure is deterministic) and the exception reaches the driver.
+
+A device is a custom resource, one unit (``device_resource``): a benchmark task holds it, so
+two never time the same device at once, and it runs on the node that holds the device. A local
+instance holds every device of the run; on an existing cluster, the node that reaches a device
+declares it (``ray start ... --resources '{"device:rpi4": 1}'``).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 
 from mixprune.errors import ExecutorError
 
-from .base import EXECUTORS, Executor
+from .base import EXECUTORS, Executor, device_resource
 
 MAX_RETRIES = 3  # worker processes killed mid-task; a task's own exception is never retried
 CONNECT_TIMEOUT_S = 5.0
@@ -60,31 +66,43 @@ class RayExecutor(Executor):
             if self.options.address not in (None, "auto"):
                 _check_reachable(self.options.address)
             try:
+                # a local instance holds the run's devices; an existing cluster's nodes declare theirs
+                devices = None if self.options.address else {device_resource(d): 1 for d in self.options.devices}
                 ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": env}, logging_level="ERROR")
+                         runtime_env={"env_vars": env}, logging_level="ERROR", resources=devices)
             except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
                 detail = " ".join(str(exc).split())[:200]
                 raise ExecutorError(f"cannot reach the Ray cluster at {where} ({type(exc).__name__}: {detail})") from exc
-        self.remote = ray.remote(_pinned).options(num_cpus=cpus, max_retries=MAX_RETRIES, retry_exceptions=False)
+        self.remote = ray.remote(_pinned)
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus)  # tasks that run at once
-        self.pending = 0
+        self.pending, self.running_at_most = 0, self.slots
         return self
 
     def describe(self) -> str:
         return f"on Ray, {self.slots} at a time"
 
     def status(self) -> str:
-        running = min(self.pending, self.slots)
+        running = min(self.pending, self.running_at_most)
         return f" ({running} running, {self.pending - running} queued)" if self.pending else ""
 
     def __exit__(self, *exc):
         if self.started:
             self.ray.shutdown()
 
-    def map(self, task, shared, items):
+    def map(self, task, shared, items, resources=None):
         ray = self.ray
+        held, cluster = {"resources": resources} if resources else {}, ray.cluster_resources()
+        if resources:
+            missing = sorted(set(resources) - set(cluster))
+            if missing:
+                declared = json.dumps({name: 1 for name in missing})
+                raise ExecutorError(f"no node of the Ray cluster holds {', '.join(missing)}: start the node that "
+                                    f"reaches it with `ray start --address ... --resources '{declared}'`")
+        self.running_at_most = min([self.slots, *(int(cluster[name] // amount) for name, amount in (resources or {}).items())])
         shared_ref = ray.put(shared)  # once, not once per task
-        pending = {self.remote.remote(task, self.options.cpus_per_task, shared_ref, item): item for item in items}
+        remote = self.remote.options(num_cpus=self.options.cpus_per_task, max_retries=MAX_RETRIES,
+                                     retry_exceptions=False, **held)
+        pending = {remote.remote(task, self.options.cpus_per_task, shared_ref, item): item for item in items}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             item = pending.pop(done[0])

@@ -81,7 +81,7 @@ def add_cut_candidate(run: RunDir, spec: ModelSpec, cid: str, ratio: float = 0.5
     from mixprune.pruning.cut import Blueprint, cut_model, score_groups
     from mixprune.pruning.structured import cuttable_layers, describe_cut
 
-    dense = build_stored(spec, run.dense, "dense")
+    dense = build_stored(spec, run.dense)
     example = torch.zeros(1, *spec.input_shape[1:])
     ratios = {layer.name: ratio for layer in cuttable_layers(dense)}
     cut_net, cut = cut_model(dense, example, ratios, score_groups(dense, example, "magnitude"), round_to=4,

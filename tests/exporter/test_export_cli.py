@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 from mixprune import compact
 from mixprune.exporter import stage
 from mixprune.runs import RunDir
+from mixprune.stored import MaskedModel
 
 from tests.helpers import cli
 
@@ -152,11 +153,20 @@ def test_model_that_fails_to_export(build_run, monkeypatch):
             return self.fc(torch.cummax(x, 1)[0].mean((1, 2)))
 
     run = build_run("vit", {"a": 0.5})
-    monkeypatch.setattr(stage, "build_stored", lambda spec, folder, label: Cummax().eval())
-    result = cli("export", run, "--candidate", "a")
-    assert_one_line_error(result, "cannot export vit_tiny_patch16_224 (a)", "aten::cummax")
+    monkeypatch.setattr(MaskedModel, "build", lambda self, spec, dense_state: (Cummax(), {}))
+    result = cli("export", run)  # the dense model and candidate a
+    assert result.exit_code == 2, result.output
+    table, error = result.output.strip().splitlines()
+    assert table.startswith("dense ") and "exported" in table
+    assert error.startswith("Error: 1 model(s) could not be exported") and "aten::cummax" in error
+    assert "cannot export vit_tiny_patch16_224 (a)" in error
     assert not (run / "candidates" / "a" / "model.onnx").exists()
     assert not list(run.rglob(".*.tmp"))
+    # the failure is the candidate's, recorded; the stage went on and exported the dense model
+    assert (run / "dense" / "model.onnx").is_file() and json.loads((run / "dense" / "export.json").read_text())["verified"]
+    stage_record = json.loads((run / "run.json").read_text())["stages"]["export"]
+    assert list(stage_record["failures"]) == ["a"] and "aten::cummax" in stage_record["failures"]["a"]
+    assert stage_record["models"] == ["dense"]
 
 
 def test_onnx_file_that_onnxruntime_refuses(build_run, monkeypatch):

@@ -57,4 +57,4 @@ def test_weights_that_do_not_fit_their_cut_are_one_clear_line(structured_run, tm
     state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"][:2]
     other.save_state(folder.read_cut(), state)
     with pytest.raises(CheckpointError, match="against its recorded cut.*does not fit the model.*layer1.0.conv1.weight"):
-        build_stored(spec, other, "st-other")
+        build_stored(spec, other)

@@ -67,7 +67,7 @@ def test_family_in_structured_mode_is_cut_or_says_why(tmp_path, model):
         assert abs(strategy["macs_reduction"] - 0.5) < 0.1, (cid, strategy["macs_reduction"])
         assert strategy["params"]["after"] < strategy["params"]["before"] == dense_params, cid
         assert ("heads" in strategy) == model.startswith("vit"), cid
-        rebuilt = build_stored(spec, run.candidate(cid), cid)
+        rebuilt = build_stored(spec, run.candidate(cid))
         assert sum(p.numel() for p in rebuilt.parameters()) == strategy["params"]["after"], cid
         with torch.no_grad():
             assert rebuilt(x).shape == (2, spec.num_classes), cid

@@ -120,22 +120,22 @@ def test_an_unexported_resnet18_candidate_costs_at_most_2_mb(tmp_path):
 def test_materialized_candidates_equal_the_weights_the_stage_computed(tmp_path, monkeypatch):
     """What the stage holds in memory (what weights.safetensors held, written with safetensors.torch) is
     what masks, values and state give back, byte for byte, fine-tuned or not."""
-    from mixprune.pruning.finetune import MaskedJob
+    from mixprune.stored import MaskedModel
     from mixprune.pruning.stage import Pruner
 
     written = {}
-    real_weights, real_evaluate = MaskedJob.weights, Pruner.evaluate
+    real_weights, real_evaluate = MaskedModel.weights, Pruner.evaluate
 
-    def capture_finetuned(self, model, work):  # a fine-tuning task's model, before its stored form
+    def capture_finetuned(self, model, dense_state):  # a fine-tuning task's model, before its stored form
         written[self.cid] = save({k: v.clone() for k, v in model.state_dict().items()})
-        return real_weights(self, model, work)
+        return real_weights(self, model, dense_state)
 
     def capture_evaluated(self, plan):  # a candidate task leaves its weights in the model
         result = real_evaluate(self, plan)
         written[plan.cid] = save({k: v.clone() for k, v in self.inputs.model.state_dict().items()})
         return result
 
-    monkeypatch.setattr(MaskedJob, "weights", capture_finetuned)
+    monkeypatch.setattr(MaskedModel, "weights", capture_finetuned)
     monkeypatch.setattr(Pruner, "evaluate", capture_evaluated)
     run = prune(tmp_path / "run", "--model", "test_resnet", "--img-size", "16", "--train-epochs", "1",
                 "--signals", "magnitude", "--baselines", "mag", "--finetune-epochs", "1", "--finetune-top", "1")

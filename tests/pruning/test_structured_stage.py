@@ -54,7 +54,7 @@ def test_structured_candidates_are_cut_to_the_common_macs_and_stored_as_cut_plus
         assert 0 < s["global_sparsity"] < 1
     # a stored candidate rebuilds (its cut replayed, its weights loaded) into the model that was measured
     for cid in ("st-magnitude-balanced", "st-base-uniform-m50.00"):
-        model = build_stored(spec, run.candidate(cid), cid)
+        model = build_stored(spec, run.candidate(cid))
         assert sum(p.numel() for p in model.parameters()) == records[cid]["strategy"]["params"]["after"]
         measured = records[cid]["eval"]
         stored = measured["accuracy"] if measured["accuracy_finetuned"] is None else measured["accuracy_finetuned"]
