@@ -21,9 +21,9 @@ from mixprune import compact
 from mixprune.config import QUANTIZE
 from mixprune.data import DataSpec, Splits, load_splits
 from mixprune.errors import ExportError, RunDirError
-from mixprune.executors import Executor, TaskFailure, given_or_local
+from mixprune.executors import Executor, TaskFailure, given_or_local, run_tasks
 from mixprune.models import ModelSpec
-from mixprune.progress import Counter, progress_bar, say
+from mixprune.progress import say
 from mixprune.runs import COMPACT_FILE, ONNX_FILE, ModelDir, RunDir, TorchModelDir, now_iso, package_versions
 from mixprune.stored import StoredModel, stored_model_of
 
@@ -119,20 +119,14 @@ def _export_all(run: RunDir, spec: ModelSpec, todo: dict[str, TorchModelDir], sp
         folder.drop_export()  # old artifacts are never paired with new weights
         digests[cid] = folder.weights_digest()
         models.append(stored_model_of(folder))
-    failures = {}
     say(f"exporting {len(models)} model(s) of {spec.name} to ONNX, {executor.describe()}")
-    with progress_bar() as progress:
-        counter = Counter(progress, f"export, {executor.describe()}", total=len(models), every=1)
-        for model, outcome in executor.map(export_task, work, models):
-            if isinstance(outcome, TaskFailure):
-                failures[model.cid] = outcome.reason
-                say(f"[yellow]warning: {outcome.reason}; {model.cid} is left out[/yellow]")
-            else:
-                todo[model.cid].write_export({**outcome.record, "weights_sha256": digests[model.cid]},
-                                             outcome.onnx_bytes, outcome.container)
-                _warn_unverified(outcome.record, f"{spec.name} ({model.cid})")
-            counter.advance(model.cid + executor.status())
-    return failures
+
+    def store(model: StoredModel, exported: Exported) -> None:
+        todo[model.cid].write_export({**exported.record, "weights_sha256": digests[model.cid]},
+                                     exported.onnx_bytes, exported.container)
+        _warn_unverified(exported.record, f"{spec.name} ({model.cid})")
+
+    return run_tasks(executor, export_task, work, models, title="export", name=lambda m: m.cid, store=store)
 
 
 def export_task(work: ExportWork, model: StoredModel) -> Exported | TaskFailure:

@@ -23,8 +23,8 @@ from mixprune import compact
 from mixprune.accuracy import accuracy_of
 from mixprune.data import Splits
 from mixprune.errors import ExportError
-from mixprune.executors import Executor, TaskFailure
-from mixprune.progress import Counter, progress_bar, say
+from mixprune.executors import Executor, TaskFailure, run_tasks
+from mixprune.progress import say
 from mixprune.runs import COMPACT_FILE, ONNX_FILE, RunDir, VariantDir, now_iso, package_versions
 
 from . import parity
@@ -103,22 +103,17 @@ def quantize_models(run: RunDir, parents: list[str], activations: tuple[str, ...
             variant.drop_export()
             jobs.append(VariantJob(variant.id, mid, quantization, compact.unpack(parent.compact_file.read_bytes()),
                                    parent_export, parent.read_strategy() or {}, parent.read_eval()))
-    failures = {}
     if jobs:
         say(f"quantizing {len(jobs)} model(s) to INT8, {executor.describe()}")
-        with progress_bar() as progress:
-            counter = Counter(progress, f"INT8 variants, {executor.describe()}", total=len(jobs), every=1)
-            for job, outcome in executor.map(quantize_task, work, jobs):
-                if isinstance(outcome, TaskFailure):
-                    failures[job.vid] = outcome.reason
-                    say(f"[yellow]warning: {outcome.reason}; {job.vid} is left out[/yellow]")
-                else:
-                    variant = run.candidate(job.vid)
-                    variant.write_export(outcome.export, outcome.int8_bytes, outcome.container)
-                    variant.write_strategy(outcome.strategy)
-                    variant.write_eval(outcome.evaluation)
-                    results[job.vid] = dict(outcome.export, skipped=False)
-                counter.advance(job.vid + executor.status())
+
+    def store(job: VariantJob, made: Variant) -> None:
+        variant = run.candidate(job.vid)
+        variant.write_export(made.export, made.int8_bytes, made.container)
+        variant.write_strategy(made.strategy)
+        variant.write_eval(made.evaluation)
+        results[job.vid] = dict(made.export, skipped=False)
+
+    failures = run_tasks(executor, quantize_task, work, jobs, title="INT8 variants", name=lambda j: j.vid, store=store)
     return results, failures
 
 

@@ -2,6 +2,6 @@
 cluster (``ray``). Either way the driver alone writes the run directory, as each result returns."""
 
 from . import local, ray_cluster  # each registers itself
-from .base import EXECUTORS, Executor, ExecutorOptions, TaskFailure, device_resource, given_or_local, open_executor
+from .base import EXECUTORS, Executor, ExecutorOptions, TaskFailure, device_resource, given_or_local, open_executor, run_tasks
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "TaskFailure", "device_resource", "given_or_local", "open_executor", "local", "ray_cluster"]
+__all__ = ["EXECUTORS", "Executor", "ExecutorOptions", "TaskFailure", "device_resource", "given_or_local", "open_executor", "run_tasks", "local", "ray_cluster"]

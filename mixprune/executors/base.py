@@ -73,6 +73,28 @@ def open_executor(name: str, options: ExecutorOptions) -> Executor:
     return EXECUTORS.get(name)(options)
 
 
+def run_tasks(executor: Executor, task: Task, shared: Any, items: list, *, title: str, name: Callable[[Any], str],
+              store: Callable[[Any, Any], None]) -> dict[str, str]:
+    """``task`` over ``items`` on ``executor`` with a progress line (``title``, each item's ``name``):
+    ``store(item, result)`` writes each result as it returns; {id: why} of the TaskFailures, each
+    said as it comes, the others carrying on."""
+    from mixprune.progress import Counter, progress_bar, say
+
+    failures = {}
+    if not items:
+        return failures
+    with progress_bar() as progress:
+        counter = Counter(progress, f"{title}, {executor.describe()}", total=len(items), every=1)
+        for item, outcome in executor.map(task, shared, items):
+            if isinstance(outcome, TaskFailure):
+                failures[outcome.mid] = outcome.reason
+                say(f"[yellow]warning: {outcome.reason}; {outcome.mid} is left out[/yellow]")
+            else:
+                store(item, outcome)
+            counter.advance(name(item) + executor.status())
+    return failures
+
+
 @contextlib.contextmanager
 def given_or_local(executor: Executor | None) -> Iterator[Executor]:
     """``executor`` (opened and closed by its owner, e.g. `mixprune run` for all its stages), or a
