@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import sys
@@ -158,6 +159,38 @@ def test_export_quantize_and_bench_on_ray_give_the_same_records(local_run, ray_i
         bench = load(folder / "bench" / "host.json")
         assert bench["candidate"] == mid and bench["device"] == "host" and bench["latency_ms"]["p50"] > 0
         assert bench["interleaved"]["reference"] == "dense" and bench["model"] == str(folder / "model.onnx")
+
+
+def _ranked(run: Path) -> dict:
+    """ranking.json less its per-device measures and Pareto fronts (timings, which no two runs share)."""
+    ranking = json.loads((run / "ranking.json").read_text().replace(str(run), "RUN"))  # reasons name the folder
+    return {"chosen": ranking["chosen"],
+            "candidates": {r["cid"]: {k: v for k, v in r.items() if k not in ("devices", "pareto")}
+                           for r in ranking["candidates"]}}
+
+
+@pytest.mark.slow
+def test_a_whole_run_on_ray_makes_the_same_models_and_the_same_choice(ray_instance, tmp_path):
+    """`mixprune run`: candidates, accuracies, export records, ranking and chosen model as locally.
+    The choice is on compact size: a latency choice between near-equal models follows timing noise."""
+    runs = {}
+    for executor in ("local", "ray"):
+        out = runs[executor] = tmp_path / executor
+        with torch_threads(1):
+            result = cli("run", "--quick", "--objective", "size", "--out", out, "--executor", executor)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    local, remote = runs["local"], runs["ray"]
+    assert _records(local) == _records(remote)
+    models = sorted(p.parent.name for p in local.glob("candidates/*/export.json"))
+    assert models == sorted(p.parent.name for p in remote.glob("candidates/*/export.json"))
+    assert any("+" in m for m in models) and any(m.startswith("st-") for m in models)
+    assert _exported(local, ["dense", *models]) == _exported(remote, ["dense", *models])
+    assert _ranked(local) == _ranked(remote)
+    chosen = load(remote / "run.json")["stages"]["run"]["chosen"]
+    assert chosen == load(local / "run.json")["stages"]["run"]["chosen"] == _ranked(local)["chosen"]
+    folder = "dense" if chosen == "dense" else f"candidates/{chosen}"
+    assert (local / folder / "model.onnx").read_bytes() == (remote / folder / "model.onnx").read_bytes()
+    assert load(remote / "run.json")["config"]["executor"] == "ray"
 
 
 def test_a_device_no_ray_node_holds_is_one_line(ray_instance, local_run, tmp_path):
