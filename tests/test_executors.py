@@ -126,6 +126,46 @@ def test_a_run_started_locally_resumes_on_ray(local_run, ray_instance, tmp_path)
     assert load(out / "run.json")["config"]["executor"] == "ray"
 
 
+def _kill_a_task_process(run: Path, after: int, timeout_s: float = 300) -> int | None:
+    """SIGKILL one Ray worker while it runs a task (Ray titles it ``ray::<function>``, idle ones
+    ``ray::IDLE``), once ``after`` candidates are written; its pid, or None if none was seen."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if len(list(run.glob("candidates/*/eval.json"))) >= after:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                except OSError:
+                    continue
+                if title.startswith(b"ray::_pinned"):
+                    os.kill(int(pid), signal.SIGKILL)
+                    return int(pid)
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_prune_is_retried_and_the_run_is_the_same(local_run, ray_instance, tmp_path):
+    """Ray retries the killed task; every candidate is written once and equals the local run's."""
+    import threading
+
+    out = tmp_path / "killed"
+    killed = []
+    killer = threading.Thread(target=lambda: killed.append(_kill_a_task_process(out, after=3)))
+    killer.start()
+    try:
+        prune_on_one_thread(out, "--executor", "ray")
+    finally:
+        killer.join()
+    assert killed[0] is not None, "no Ray task process was seen running"
+    assert _records(out) == _records(local_run)  # the same folders, none lost, none extra
+    assert not list(out.rglob(".*.tmp"))  # no write left half done
+
+
 def _exported(run: Path, models: list[str]) -> dict:
     """Each model's export.json (less its time stamp), and a variant's strategy.json and eval.json."""
     records = {}
