@@ -71,14 +71,19 @@ class Exported:
     container: bytes
 
 
-def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions(),
-               executor: Executor | None = None) -> dict[str, dict]:
-    """Export the dense model and finished candidates of a run (or only ``candidates``), each an
-    ``export_task`` on ``executor`` (default: this process), then their INT8 variants.
+@dataclasses.dataclass(frozen=True)
+class ExportSummary:
+    """What `export_run` did: run.json ``stages.export`` holds the same (``models`` as its ids)."""
+    records: dict[str, dict]  # model id -> export record, exported or reused (``skipped`` True when reused)
+    failures: dict[str, str]  # model id -> why it could not be exported
+    variant_failures: dict[str, str]  # INT8 variant id -> why it was not made
 
-    Returns {model id: export record} of the models exported or reused (``skipped`` True when
-    reused). A model that cannot be exported is left out and named, with why, in run.json
-    ``stages.export.failures``; the others are exported all the same.
+
+def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions(),
+               executor: Executor | None = None) -> ExportSummary:
+    """Export the dense model and finished candidates of a run (or only ``candidates``), each an
+    ``export_task`` on ``executor`` (default: this process), then their INT8 variants. A model that
+    cannot be exported is left out and named with why; the others are exported all the same.
     """
     run = RunDir(run_dir)
     record = run.require()
@@ -99,19 +104,21 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions(),
     activations = QUANTIZE[options.quantize]
     splits = load_splits(data) if todo or activations else None
     with given_or_local(executor) as executor:
-        failures = _export_all(run, spec, {cid: available[cid] for cid in todo}, splits, options, executor) if todo else {}
-        results.update({cid: dict(run.model(cid).read_export(), skipped=False) for cid in todo if cid not in failures})
+        written, failures = _export_all(run, spec, {cid: available[cid] for cid in todo}, splits, options, executor) \
+            if todo else ({}, {})
+        results.update({cid: dict(record, skipped=False) for cid, record in written.items()})
         exported = [cid for cid in chosen if cid in results]
         variants, variant_failures = quantize_models(run, exported, activations, splits, executor, force=options.force)
     if todo or variants or variant_failures:
         run.set_stage("export", "done", models=sorted({**results, **variants}), failures=failures,
                       variant_failures=variant_failures)
-    return {**{cid: results[cid] for cid in exported}, **variants}
+    return ExportSummary({**{cid: results[cid] for cid in exported}, **variants}, failures, variant_failures)
 
 
 def _export_all(run: RunDir, spec: ModelSpec, todo: dict[str, TorchModelDir], splits: Splits,
-                options: ExportOptions, executor: Executor) -> dict[str, str]:
-    """Export ``todo`` on ``executor``, writing each model's files as its task returns; {id: why} of the failures."""
+                options: ExportOptions, executor: Executor) -> tuple[dict[str, dict], dict[str, str]]:
+    """Export ``todo`` on ``executor``, writing each model's files as its task returns: the records
+    written and {id: why} of the failures."""
     work = ExportWork(spec=spec, dense_state=run.dense_state(), samples=held_out_samples(splits, options.parity_samples),
                       options=options, prunable=run.prunable_names())
     digests, models = {}, []
@@ -121,12 +128,15 @@ def _export_all(run: RunDir, spec: ModelSpec, todo: dict[str, TorchModelDir], sp
         models.append(stored_model_of(folder))
     say(f"exporting {len(models)} model(s) of {spec.name} to ONNX, {executor.describe()}")
 
+    written = {}
+
     def store(model: StoredModel, exported: Exported) -> None:
-        todo[model.cid].write_export({**exported.record, "weights_sha256": digests[model.cid]},
-                                     exported.onnx_bytes, exported.container)
+        record = written[model.cid] = {**exported.record, "weights_sha256": digests[model.cid]}
+        todo[model.cid].write_export(record, exported.onnx_bytes, exported.container)
         _warn_unverified(exported.record, f"{spec.name} ({model.cid})")
 
-    return run_tasks(executor, export_task, work, models, title="export", name=lambda m: m.cid, store=store)
+    failures = run_tasks(executor, export_task, work, models, title="export", name=lambda m: m.cid, store=store)
+    return written, failures
 
 
 def export_task(work: ExportWork, model: StoredModel) -> Exported | TaskFailure:

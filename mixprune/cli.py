@@ -297,17 +297,14 @@ def export(run_dir, candidates, storage, quantize, no_simplify, opset, force, **
     """
     from mixprune.errors import ExportError
     from mixprune.exporter.stage import ExportOptions, export_run
-    from mixprune.runs import RunDir
 
     options = ExportOptions(opset=opset, storage=storage, simplify=not no_simplify, force=force, quantize=quantize)
     with _open_executor(**placement) as executor:
-        results = export_run(run_dir, candidates, options, executor)
-    stage = RunDir(run_dir).load().get("stages", {}).get("export", {})
-    failures = {cid: why for cid, why in stage.get("failures", {}).items() if cid not in results}
-    _echo_exports(results, quantize, stage)
-    if failures:
-        listed = "; ".join(f"{cid}: {why}" for cid, why in failures.items())
-        raise ExportError(f"{len(failures)} model(s) could not be exported ({listed})")
+        summary = export_run(run_dir, candidates, options, executor)
+    _echo_exports(summary)
+    if summary.failures:
+        listed = "; ".join(f"{cid}: {why}" for cid, why in summary.failures.items())
+        raise ExportError(f"{len(summary.failures)} model(s) could not be exported ({listed})")
 
 
 def _open_executor(executor: str, ray_address: str | None, ray_cpus_per_task: int, devices: tuple[str, ...] = ()):
@@ -316,19 +313,17 @@ def _open_executor(executor: str, ray_address: str | None, ray_cpus_per_task: in
     return open_executor(executor, ExecutorOptions(ray_address, ray_cpus_per_task, devices))
 
 
-def _echo_exports(results: dict, quantize: str, stage: dict) -> None:
-    if not results:
-        return
-    width = max(map(len, results))
-    for cid, rec in results.items():
+def _echo_exports(summary) -> None:
+    width = max(map(len, [*summary.records, *summary.variant_failures]), default=0)
+    for cid, rec in summary.records.items():
         size = rec["bytes"]
         click.echo(
             f"{cid:<{width}}  {'skipped (up to date)' if rec['skipped'] else 'exported':<20} "
             f"zeros {rec['zeros_onnx']}/{rec['zeros_torch']} {'kept' if rec['sparsity_preserved'] else 'LOST'}  "
             f"max|diff| {rec['parity']['max_abs_diff']:.1e}  top-1 agree {rec['parity']['top1_agreement']:.3f}  "
             f"onnx {size['onnx'] / MB:.2f} MB, compact {size['compact'] / size['onnx']:.3f}x")
-    for vid, why in (stage.get("variant_failures", {}) if quantize != "none" else {}).items():
-        click.echo(f"{vid}  not made: {why}")
+    for vid, why in summary.variant_failures.items():
+        click.echo(f"{vid:<{width}}  not made: {why}")
 
 
 

@@ -112,9 +112,8 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
             timings.update({f"prune.{k}": v for k, v in summary["timings_s"].items()})
         selected, notes = select_for_export(run, config)
         say(f"exporting the dense model and {len(selected)} candidate(s) within {config.max_drop:g} points of it")
-        timed("export", export_run, root, [DENSE, *selected],
-              ExportOptions(storage=config.storage, quantize=config.quantize), executor)
-        failures = run.load().get("stages", {}).get("export", {}).get("failures", {})
+        failures = timed("export", export_run, root, [DENSE, *selected],
+                         ExportOptions(storage=config.storage, quantize=config.quantize), executor).failures
         if DENSE in failures:
             raise ExportError(f"the dense model cannot be exported, so no candidate can be measured against it: "
                               f"{failures[DENSE]}")

@@ -13,14 +13,12 @@ import zlib
 
 import torch
 
-from mixprune.config import RunConfig
-from mixprune.data import Splits
-from mixprune.models import ModelSpec
 from mixprune.stored import PrunedModel
 from mixprune.training import split_accuracies, train
 
 from .masks import apply_masks
 from .roles import discover_layers, prunable_parameters
+from .tasks import StageWork
 
 
 def finetune(model, params: dict, masks: dict, train_set, tune_set, *, epochs: int, lr: float, patience: int,
@@ -34,22 +32,13 @@ def finetune(model, params: dict, masks: dict, train_set, tune_set, *, epochs: i
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneWork:
-    """What every fine-tuning task shares: put into the executor's object store once."""
-    config: RunConfig
-    spec: ModelSpec
-    splits: Splits
-    dense_state: dict  # numpy arrays
-
-
-@dataclasses.dataclass(frozen=True)
 class FinetuneResult:
     weights: object  # the job's stored form: MaskedWeights, or a cut model's tensors
     history: dict
     accuracies: dict  # accuracy_finetuned, tune_accuracy_finetuned
 
 
-def finetune_task(work: FinetuneWork, job: PrunedModel) -> FinetuneResult:
+def finetune_task(work: StageWork, job: PrunedModel) -> FinetuneResult:
     """Fine-tune one candidate and measure it (an executor runs this here or on a Ray worker)."""
     cfg = work.config
     model, masks = job.build(work.spec, work.dense_state)

@@ -32,7 +32,7 @@ from mixprune.stored import stored_model_of
 from mixprune.training import recalibrate_batchnorm, split_accuracies, train
 
 from . import masks as masklib
-from .finetune import FinetuneWork, finetune_task
+from .finetune import finetune_task
 from .ranges import RuleTable, get_table, layer_ranges
 from .roles import Layer, discover_layers, prunable_parameters
 from .scores import BASELINES, SIGNALS, ScoreFn, global_methods
@@ -348,7 +348,7 @@ def finetune_candidates(inputs: Inputs, cids: list[str], executor: Executor) -> 
         else:
             jobs.append(stored_model_of(folder))
     if jobs:
-        work = FinetuneWork(config=inputs.config, spec=inputs.spec, splits=inputs.splits, dense_state=run.dense_state())
+        work = StageWork(key=secrets.token_hex(8), config=inputs.config, spec=inputs.spec, splits=inputs.splits, dense_state=run.dense_state())
         with progress_bar() as progress:
             counter = Counter(progress, f"fine-tuning, {executor.describe()}", total=len(jobs))
             for job, result in executor.map(finetune_task, work, jobs):

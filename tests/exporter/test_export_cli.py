@@ -39,7 +39,7 @@ def logits(model, x):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_exports_with_zeros_kept_and_parity(build_run, family):
     run = build_run(family, {"mag80": 0.8})
-    results = stage.export_run(run, ["mag80"], stage.ExportOptions(parity_samples=64))
+    results = stage.export_run(run, ["mag80"], stage.ExportOptions(parity_samples=64)).records
     assert set(results) == {"mag80"} and not (run / "dense" / "export.json").exists()
     rec = record(run / "candidates" / "mag80")
     assert rec["zeros_torch"] > 0.75 * rec["prunable_params"]
@@ -187,7 +187,7 @@ def test_onnx_file_that_onnxruntime_refuses(build_run, monkeypatch):
 @pytest.mark.slow
 def test_full_resnet18_candidate(build_run):
     run = build_run("resnet18_full", {"mag80": 0.8})
-    results = stage.export_run(run, ["mag80"], stage.ExportOptions(parity_samples=64))
+    results = stage.export_run(run, ["mag80"], stage.ExportOptions(parity_samples=64)).records
     rec = results["mag80"]
     assert rec["sparsity_preserved"] and rec["zeros_onnx"] >= rec["zeros_torch"] > 0.79 * rec["prunable_params"]
     assert rec["parity"]["max_abs_diff"] <= 1e-4 and rec["parity"]["top1_agreement"] == 1.0

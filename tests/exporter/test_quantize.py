@@ -25,7 +25,7 @@ def quantized(tmp_path_factory):
     from tests.exporter.conftest import SPECS, make_run
 
     run = make_run(tmp_path_factory.mktemp("int8") / "run", SPECS["resnet"], {"p90": 0.9})
-    results = stage.export_run(run, [], stage.ExportOptions(parity_samples=32, quantize="auto"))
+    results = stage.export_run(run, [], stage.ExportOptions(parity_samples=32, quantize="auto")).records
     return run, results
 
 
@@ -89,7 +89,7 @@ def test_variant_accuracy_is_measured_with_onnxruntime_on_both_splits(quantized)
 
 def test_unchanged_variants_are_reused(quantized):
     run, _ = quantized
-    again = stage.export_run(run, [], stage.ExportOptions(parity_samples=32, quantize="auto"))
+    again = stage.export_run(run, [], stage.ExportOptions(parity_samples=32, quantize="auto")).records
     assert all(again[cid]["skipped"] for cid in again)
 
 

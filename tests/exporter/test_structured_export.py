@@ -24,7 +24,7 @@ def structured_run(tmp_path_factory):
     run = RunDir(make_run(tmp_path_factory.mktemp("structured") / "run", spec, {}))
     cut_net = add_cut_candidate(run, spec, CID)
     assert isinstance(run.candidate(CID), CutDir)
-    results = stage.export_run(run.root, [CID], stage.ExportOptions(parity_samples=32, quantize="static"))
+    results = stage.export_run(run.root, [CID], stage.ExportOptions(parity_samples=32, quantize="static")).records
     return spec, run, cut_net, results
 
 
