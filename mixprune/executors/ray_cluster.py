@@ -91,17 +91,18 @@ class RayExecutor(Executor):
 
     def map(self, task, shared, items, resources=None):
         ray = self.ray
-        held, cluster = {"resources": resources} if resources else {}, ray.cluster_resources()
-        if resources:
-            missing = sorted(set(resources) - set(cluster))
-            if missing:
-                declared = json.dumps({name: 1 for name in missing})
-                raise ExecutorError(f"no node of the Ray cluster holds {', '.join(missing)}: start the node that "
-                                    f"reaches it with `ray start --address ... --resources '{declared}'`")
-        self.running_at_most = min([self.slots, *(int(cluster[name] // amount) for name, amount in (resources or {}).items())])
+        resources = resources or {}
+        cluster = ray.cluster_resources()
+        missing = sorted(set(resources) - set(cluster))
+        if missing:
+            declared = json.dumps({name: 1 for name in missing})
+            raise ExecutorError(f"no node of the Ray cluster holds {', '.join(missing)}: start the node that "
+                                f"reaches it with `ray start --address ... --resources '{declared}'`")
+        # as many run at once as CPUs allow and, for a held resource, as the cluster has units of it
+        self.running_at_most = min([self.slots, *(int(cluster[name] // amount) for name, amount in resources.items())])
         shared_ref = ray.put(shared)  # once, not once per task
         remote = self.remote.options(num_cpus=self.options.cpus_per_task, max_retries=MAX_RETRIES,
-                                     retry_exceptions=False, **held)
+                                     retry_exceptions=False, **({"resources": resources} if resources else {}))
         pending = {remote.remote(task, self.options.cpus_per_task, shared_ref, item): item for item in items}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
