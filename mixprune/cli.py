@@ -6,13 +6,11 @@ Any MixpruneError ends the command with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import click
 
-from .config import (BASELINES, DEFAULT_ROUND_TO, EXECUTORS, FIELDS, MODES, OBJECTIVES, QUANTIZE, QUICK_DEFAULTS, RUN_DEFAULTS,
-                     SIGNALS, STORAGES, STRUCTURED_BASELINES, RunConfig, resolve_resume, run_presets)
+from .config import FIELDS, RUN_DEFAULTS, RunConfig, resolve_resume, run_presets
 from .devices.fields import MB
 from .errors import MixpruneError
 
@@ -68,7 +66,10 @@ def models_list(pattern):
     click.echo("\n".join(names))
 
 
-# --- the options of prune and run, each declared once -----------------------------------
+# --- options, each declared once -----------------------------------------------------------
+# A run setting's option (flag, help, default) is made from its entry in config.FIELDS; the
+# other options are declared in OPTIONS below. Each command takes the ones it needs, in the
+# order given, with _options.
 def _ratio_list(ctx, param, value):
     if value is None:
         return None
@@ -99,6 +100,21 @@ def _literal(text: str):
         return text
 
 
+def _parse_shapes(ctx, param, values):
+    from .devices.fields import parse_dims
+
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError(f"'{value}' is not NAME=DIMS")
+            shapes[name] = parse_dims(dims)
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc}; use e.g. --shape input=1x3x224x224", ctx=ctx, param=param) from exc
+    return shapes
+
+
 def _explicit(ctx, **values):
     """Only the flags the user gave, so TOML files and resumed runs keep their own values."""
     from click.core import ParameterSource
@@ -106,146 +122,113 @@ def _explicit(ctx, **values):
     return {k: v for k, v in values.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
 
 
-# Each option is declared once, in OPTIONS; each command takes the ones it needs with _options.
-# An option whose default is FROM_CONFIG sets the RunConfig field of its name, and its help shows
-# that field's default as the command uses it: RunConfig's default in config.py, and for `run`
-# RUN_DEFAULTS on top. Click passes that default when the flag is not given, but _explicit()
-# drops it, so a --config file, --quick and a resumed run keep their own values.
-FROM_CONFIG = object()
-
-
 def _config_defaults(*presets: dict) -> dict:
     """RunConfig's field defaults with ``presets`` on top; tuples as the comma lists their flags take."""
-    values = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    values = {name: field.default for name, field in FIELDS.items()}
     for preset in presets:
         values.update(preset)
     return {name: ",".join(map(str, v)) if isinstance(v, tuple) else v for name, v in values.items()}
 
 
-CONFIG_DEFAULTS = _config_defaults()  # prune, and the RunConfig options of rank and export
+CONFIG_DEFAULTS = _config_defaults()  # prune, and the run settings of rank, export and bench
 RUN_FLAG_DEFAULTS = _config_defaults(RUN_DEFAULTS)  # run: prune's training, less fine-tuning
 
 
-def _settings(values: dict) -> str:
-    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in values.items())
+def _setting_option(name: str, defaults: dict) -> dict:
+    """The click.option attributes of run setting ``name`` (config.FIELDS); ``defaults`` gives the
+    default shown. Click passes that default when the flag is not given, but _explicit() drops it,
+    so a --config file, --quick and a resumed run keep their own values."""
+    field = FIELDS[name]
+    flag = field.flag
+    attrs = {"help": field.help, **({"metavar": flag.metavar} if flag.metavar else {})}
+    if field.kind == "bool":  # the flag sets the opposite of the default (--pretrained, --no-recalibrate)
+        return {**attrs, "is_flag": True, "flag_value": not field.default, "default": None}
+    if field.kind == "table":  # --model-arg KEY=VALUE, repeatable
+        return {**attrs, "multiple": True, "callback": _model_args}
+    if flag.path:
+        attrs["type"] = click.Path(file_okay=flag.path == "file", dir_okay=flag.path == "dir")
+    elif field.choices is not None and not field.is_list:
+        attrs["type"] = click.Choice(field.choices)
+    elif flag.click_checks:
+        attrs["type"] = (click.IntRange if field.kind == "int" else click.FloatRange)(min=field.minimum)
+    else:  # the range is checked with the others when the RunConfig is built, naming the flag
+        attrs["type"] = {"int": int, "number": float}.get(field.kind, str)
+    if field.kind == "numbers":
+        attrs["callback"] = _ratio_list
+    if defaults[name] is not None:
+        attrs.update(default=defaults[name], show_default=True)
+    elif flag.default_text:
+        attrs["show_default"] = flag.default_text
+    return attrs
 
 
-# {parameter name: (flag, click.option attributes)}
-OPTIONS: dict[str, tuple[str, dict]] = {
-    "model": ("--model", dict(default=FROM_CONFIG, help="timm model name (see `mixprune models list`).")),
-    "data": ("--data", dict(default=FROM_CONFIG,
-                            help="'digits' (built in) or a folder with train/ and val/ class folders.")),
-    "out": ("--out", dict(type=click.Path(file_okay=False), help="Run directory to write.")),
-    "checkpoint": ("--checkpoint", dict(
-        type=click.Path(dir_okay=False),
-        help="Trained weights (.safetensors, or a torch file loaded with weights_only); without it the "
-             "dense model is trained first.")),
-    "pretrained": ("--pretrained", dict(
-        is_flag=True, default=None,
-        help="Start from timm's pretrained weights (needs the hub, or --pretrained-file).")),
-    "pretrained_file": ("--pretrained-file", dict(type=click.Path(dir_okay=False),
-                                                  help="Local file for timm's pretrained loading.")),
-    "model_args": ("--model-arg", dict(multiple=True, callback=_model_args, metavar="KEY=VALUE",
-                                       help="Extra timm constructor argument, e.g. patch_size=4 (repeatable).")),
-    "img_size": ("--img-size", dict(type=int, default=FROM_CONFIG, help="Input image size in pixels (square).")),
-    "train_epochs": ("--train-epochs", dict(type=int, default=FROM_CONFIG,
-                                            help="Epochs to train the dense model when no --checkpoint is given.")),
-    "train_lr": ("--train-lr", dict(type=float, show_default="the rule table's",
-                                    help="Adam learning rate for that training; each model family's rule "
-                                         "table sets one ([training] lr), with its batch size and schedule.")),
-    "signals": ("--signals", dict(default=FROM_CONFIG,
-                                  help=f"Saliency signals to prune by: a comma list of {', '.join(SIGNALS)}.")),
-    "baselines": ("--baselines", dict(default=FROM_CONFIG,
-                                      help=f"Matched global baselines: a comma list of {', '.join(BASELINES)}.")),
-    "targets": ("--targets", dict(default=FROM_CONFIG, callback=_ratio_list,
-                                  help="Global sparsities of the range-finding runs (comma list).")),
-    "sparsity": ("--sparsity", dict(type=float, help="Shift every strategy to this global sparsity (e.g. 0.9).")),
-    "macs_targets": ("--macs-targets", dict(default=FROM_CONFIG, callback=_ratio_list,
-                                            help="Structured mode: MAC reductions of the range-finding global "
-                                                 "channel runs (comma list).")),
-    "macs_reduction": ("--macs-reduction", dict(type=float, default=FROM_CONFIG, help="Structured mode: shift every strategy so its cut "
-                                                                 "removes this share of the MACs (e.g. 0.5).")),
-    "structured_baselines": ("--structured-baselines", dict(
-        default=FROM_CONFIG, help=f"Structured mode's matched baselines at the same MACs: a comma list of "
-                                  f"{', '.join(STRUCTURED_BASELINES)} (Torch-Pruning's global magnitude and "
-                                  f"Taylor, one ratio for every layer).")),
-    "round_to": ("--round-to", dict(type=int, default=FROM_CONFIG,
-                                    show_default=f"{DEFAULT_ROUND_TO}; under `run`, the devices' channel_multiple",
-                                    help="Structured mode: keep channel counts multiples of this.")),
-    "rules": ("--rules", dict(type=click.Path(dir_okay=False),
-                              help="Your own rule table (TOML) instead of the built-in one.")),
-    "calib_fraction": ("--calib-fraction", dict(type=float, default=FROM_CONFIG,
-                                                help="Fraction of the training split used for calibration.")),
-    "recalibrate": ("--no-recalibrate", dict(flag_value=False, default=None,
-                                             help="Skip re-estimating BatchNorm statistics after pruning.")),
-    "finetune_epochs": ("--finetune-epochs", dict(type=int, default=FROM_CONFIG, help="Fine-tune epochs (0 = none).")),
-    "finetune_top": ("--finetune-top", dict(type=int, default=FROM_CONFIG,
-                                            help="Fine-tune the best K candidates and their matched baselines.")),
-    "finetune_lr": ("--finetune-lr", dict(type=float, default=FROM_CONFIG, help="Adam learning rate for fine-tuning.")),
-    "seed": ("--seed", dict(type=int, default=FROM_CONFIG, help="Random seed.")),
-    "devices": ("--devices", dict(default=FROM_CONFIG,
-                                  help="Comma list of device profiles to benchmark on, e.g. host,rpi4.")),
-    "max_drop": ("--max-drop", dict(type=click.FloatRange(min=0), default=FROM_CONFIG,
-                                    help="Largest accuracy drop vs the dense model, in points "
-                                         "(1.0 = one percentage point).")),
-    "objective": ("--objective", dict(type=click.Choice(OBJECTIVES), default=FROM_CONFIG,
-                                      help="What the choice minimizes: p50 latency, compact file size or peak RSS.")),
-    "storage": ("--storage", dict(type=click.Choice(STORAGES), default=FROM_CONFIG,
-                                  help="What model.onnx holds: plain initializers, or sparse_initializers "
-                                       "(smaller file; onnxruntime densifies them at load).")),
-    "quantize": ("--quantize", dict(type=click.Choice(tuple(QUANTIZE)), default=FROM_CONFIG,
-                                    help="INT8 variants of every exported model, each a candidate of its own "
-                                         "(<model>+int8u: uint8 activations, <model>+int8: int8 ones): none, "
-                                         "static (uint8, the faster type on x86) or auto (both; the bench decides).")),
-    "export_top": ("--export-top", dict(type=int, default=FROM_CONFIG,
-                                        help="Export and bench the K best candidates of each family (unstructured, "
-                                             "structured) within --max-drop.")),
-    "bench_runs": ("--bench-runs", dict(type=int, show_default="the device profile's", help="Timed runs per model.")),
-    "mode": ("--mode", dict(type=click.Choice(MODES), default=FROM_CONFIG,
-                            help="unstructured: zeros in the weights (smaller files, dense speed); structured: "
-                                 "whole channels cut (smaller, faster models); both: the two families side by side.")),
-    "executor": ("--executor", dict(type=click.Choice(EXECUTORS), default=FROM_CONFIG,
-                                    help="Where the per-candidate work runs: in this process, or as tasks on a "
-                                         f"Ray cluster (same results; {FIELDS['executor'].note}).")),
-    "ray_address": ("--ray-address", dict(default=FROM_CONFIG, metavar="auto|HOST:PORT",
-                                          help="--executor ray: the cluster to join (auto: the one `ray start` made "
-                                               "on this machine); none: a local Ray instance, started and stopped "
-                                               "by mixprune.")),
-    "ray_cpus_per_task": ("--ray-cpus-per-task", dict(type=click.IntRange(min=1), default=FROM_CONFIG,
-                                                      help="--executor ray: CPUs (and torch threads) per task.")),
-    "quick": ("--quick", dict(is_flag=True, default=None,
-                              help=f"Tiny configuration for tests and smoke checks: {_settings(QUICK_DEFAULTS)} "
-                                   f"(flags you give and --config still win).")),
-    "config_file": ("--config", dict(
+# The options that are not run settings: {name: (flags and parameter name, click.option attributes)}.
+OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "config_file": (("--config", "config_file"), dict(
         type=click.Path(dir_okay=False),
         help="TOML file with any of these settings, keys named like the flags (e.g. finetune-epochs = 3); "
              "flags you give win over it, and it wins over the defaults shown.")),
-    "resume": ("--resume", dict(is_flag=True, help="Continue an interrupted run in --out without redoing "
-                                                   "finished work; the run keeps its settings.")),
+    "resume": (("--resume",), dict(is_flag=True, help="Continue an interrupted run in --out without redoing "
+                                                      "finished work; the run keeps its settings.")),
+    "force": (("--force",), dict(is_flag=True)),  # its help: what the command redoes
+    "candidates": (("--candidate", "candidates"), dict(
+        multiple=True, metavar="CID", show_default="all",
+        help="Export only this candidate ('dense' for the dense model); repeatable.")),
+    "candidate": (("--candidate",), dict(
+        default="best", show_default=True, metavar="CID|best",
+        help="Candidate id to release; 'best' = the one ranking.json chose (run `mixprune rank` first).")),
+    "bundle_out": (("--out", "out"), dict(type=click.Path(dir_okay=False, path_type=str),
+                                          show_default="RUN_DIR/release/<model>-<cid>.tar.gz",
+                                          help="Bundle path (.tar.gz).")),
+    "no_simplify": (("--no-simplify",), dict(
+        is_flag=True, help="Skip onnxsim (it is also skipped whenever it loses zeros or grows the file).")),
+    "opset": (("--opset",), dict(type=click.IntRange(13, 20), default=17, show_default=True,
+                                 help="ONNX opset version.")),
+    "device": (("--device",), dict(
+        required=True, metavar="NAME|FILE",
+        help="Device profile: a built-in name (see `mixprune devices list`) or a profile .toml file.")),
+    "rank_devices": (("--device", "devices"), dict(multiple=True, metavar="NAME", show_default="every benchmarked device",
+                                                   help="Rank on this device's bench records (repeatable).")),
+    "runs": (("--runs",), dict(
+        type=click.IntRange(min=1), show_default="the profile's",
+        help="Timed runs per model after warm-up (alone, and in all over the interleaved rounds).")),
+    "warmup": (("--warmup",), dict(type=click.IntRange(min=0), show_default="the profile's",
+                                   help="Untimed runs before timing.")),
+    "threads": (("--threads",), dict(type=click.IntRange(min=0),
+                                     help="onnxruntime intra-op threads, overriding the profile's; 0 = all cores "
+                                          "of the device.")),
+    "shapes": (("--shape", "shapes"), dict(
+        multiple=True, metavar="NAME=DIMS", callback=_parse_shapes,
+        help="Size of an input with dynamic dimensions, e.g. --shape input=1x3x224x224; repeat per input.")),
+    "as_json": (("--json", "as_json"), dict(is_flag=True, help="Print the JSON record(s) instead of a table.")),
 }
+assert not set(OPTIONS) & set(FIELDS), "an option and a run setting share a name"
+EXECUTOR_OPTIONS = ("executor", "ray_address", "ray_cpus_per_task")  # where the per-candidate work runs
 
 
-def _options(defaults: dict, *names: str, **changes: dict):
-    """The options ``names`` (keys of OPTIONS), in this order, FROM_CONFIG defaults taken from
-    ``defaults``; ``changes`` {name: {attribute: value}} adapts an option to one command."""
+def _options(*names: str, defaults: dict = CONFIG_DEFAULTS, **changes: dict):
+    """The options ``names`` (run settings of config.FIELDS with a flag, and keys of OPTIONS), in this
+    order; a setting's default is taken from ``defaults`` and shown by click. ``changes``
+    {name: {attribute: value}} adapts an option to one command."""
     def decorate(command):
         for name in reversed(names):
-            flag, attrs = OPTIONS[name]
+            if name in OPTIONS:
+                decls, attrs = OPTIONS[name]
+            else:
+                decls, attrs = (FIELDS[name].flag.name, name), _setting_option(name, defaults)
             attrs = {**attrs, **changes.get(name, {})}
-            if attrs.get("default") is FROM_CONFIG:
-                attrs["default"] = defaults[name]
-                attrs.setdefault("show_default", True)
-            command = click.option(flag, name, **attrs)(command)
+            assert attrs.get("help"), f"option {name} has no help"
+            command = click.option(*decls, **attrs)(command)
         return command
     return decorate
 
 
 # --- prune ----------------------------------------------------------------------------
 @main.command()
-@_options(CONFIG_DEFAULTS, "model", "data", "out", "checkpoint", "pretrained", "pretrained_file", "model_args",
-          "img_size", "train_epochs", "train_lr", "mode", "signals", "baselines", "targets", "sparsity",
-          "macs_targets", "macs_reduction", "structured_baselines", "round_to", "rules", "calib_fraction", "recalibrate", "finetune_epochs", "finetune_top", "finetune_lr", "seed",
-          "executor", "ray_address", "ray_cpus_per_task", "config_file", "resume",
+@_options("model", "data", "out", "checkpoint", "pretrained", "pretrained_file", "model_args", "img_size",
+          "train_epochs", "train_lr", "mode", "signals", "baselines", "targets", "sparsity", "macs_targets",
+          "macs_reduction", "structured_baselines", "round_to", "rules", "calib_fraction", "recalibrate",
+          "finetune_epochs", "finetune_top", "finetune_lr", "seed", *EXECUTOR_OPTIONS, "config_file", "resume",
           out={"help": "Run directory to create, e.g. runs/demo (required: here or in --config)."})
 @click.pass_context
 def prune(ctx, config_file, resume, **flags):
@@ -280,13 +263,8 @@ def prune(ctx, config_file, resume, **flags):
 # --- export ---------------------------------------------------------------------------
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--candidate", "candidates", multiple=True, metavar="CID", show_default="all",
-              help="Export only this candidate ('dense' for the dense model); repeatable.")
-@_options(CONFIG_DEFAULTS, "storage", "quantize")
-@click.option("--no-simplify", is_flag=True, help="Skip onnxsim (it is also skipped whenever it loses zeros or grows the file).")
-@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset version.")
-@click.option("--force", is_flag=True, help="Re-export models whose weights and options did not change.")
-@_options(CONFIG_DEFAULTS, "executor", "ray_address", "ray_cpus_per_task")
+@_options("candidates", "storage", "quantize", "no_simplify", "opset", "force", *EXECUTOR_OPTIONS,
+          force={"help": "Re-export models whose weights and options did not change."})
 def export(run_dir, candidates, storage, quantize, no_simplify, opset, force, **placement):
     """Export the dense model and candidates of RUN_DIR to ONNX, verified and stored compactly.
 
@@ -368,34 +346,9 @@ def devices_show(device):
     click.echo(f"# {profile.source}\n" + Path(profile.source).read_text(encoding="utf-8").rstrip())
 
 
-def _parse_shapes(ctx, param, values):
-    from .devices.fields import parse_dims
-
-    shapes = {}
-    for value in values:
-        name, sep, dims = value.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError(f"'{value}' is not NAME=DIMS")
-            shapes[name] = parse_dims(dims)
-        except ValueError as exc:
-            raise click.BadParameter(f"{exc}; use e.g. --shape input=1x3x224x224", ctx=ctx, param=param) from exc
-    return shapes
-
-
 @main.command()
 @click.argument("target", metavar="MODEL.onnx|RUN_DIR", type=click.Path(path_type=str))
-@click.option("--device", required=True, metavar="NAME|FILE",
-              help="Device profile: a built-in name (see `mixprune devices list`) or a profile .toml file.")
-@click.option("--runs", type=click.IntRange(min=1), show_default="the profile's",
-              help="Timed runs per model after warm-up (alone, and in all over the interleaved rounds).")
-@click.option("--warmup", type=click.IntRange(min=0), show_default="the profile's", help="Untimed runs before timing.")
-@click.option("--threads", type=click.IntRange(min=0),
-              help="onnxruntime intra-op threads, overriding the profile's; 0 = all cores of the device.")
-@click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS", callback=_parse_shapes,
-              help="Size of an input with dynamic dimensions, e.g. --shape input=1x3x224x224; repeat per input.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON record(s) instead of a table.")
-@_options(CONFIG_DEFAULTS, "executor", "ray_address", "ray_cpus_per_task")
+@_options("device", "runs", "warmup", "threads", "shapes", "as_json", *EXECUTOR_OPTIONS)
 def bench(target, device, runs, warmup, threads, shapes, as_json, **placement):
     """Measure latency, cold start, peak memory and size with onnxruntime on a device.
 
@@ -439,10 +392,7 @@ def bench(target, device, runs, warmup, threads, shapes, as_json, **placement):
 # --- rank, release, verify, run ---------------------------------------------------------
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
-@_options(CONFIG_DEFAULTS, "max_drop")
-@click.option("--device", "devices", multiple=True, metavar="NAME", show_default="every benchmarked device",
-              help="Rank on this device's bench records (repeatable).")
-@_options(CONFIG_DEFAULTS, "objective")
+@_options("max_drop", "rank_devices", "objective")
 def rank(run_dir, max_drop, devices, objective):
     """Rank every candidate of RUN_DIR (matched baselines included) and choose one to ship.
 
@@ -478,11 +428,7 @@ def _print_ranking(ranking: dict, run_dir, top: int = 5) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option("--candidate", default="best", show_default=True, metavar="CID|best",
-              help="Candidate id to release; 'best' = the one ranking.json chose (run `mixprune rank` first).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=str),
-              show_default="RUN_DIR/release/<model>-<cid>.tar.gz", help="Bundle path (.tar.gz).")
-@click.option("--force", is_flag=True, help="Overwrite an existing bundle.")
+@_options("candidate", "bundle_out", "force", force={"help": "Overwrite an existing bundle."})
 def release(run_dir, candidate, out, force):
     """Package a candidate as a verifiable, reproducible release bundle (.tar.gz).
 
@@ -515,13 +461,11 @@ def verify(bundle):
 
 
 @main.command()
-@_options(RUN_FLAG_DEFAULTS, "model", "data", "checkpoint", "devices", "max_drop", "objective", "out", "img_size",
-          "train_epochs", "signals", "sparsity", "macs_reduction", "finetune_epochs", "finetune_top", "export_top",
-          "storage",
-          "quantize", "bench_runs", "seed", "mode", "executor", "ray_address", "ray_cpus_per_task", "quick",
-          "config_file", "resume",
-          out={"show_default": "runs/<model>-<data>"})
-@click.option("--force", is_flag=True, help="Delete an existing run in --out and start over.")
+@_options("model", "data", "checkpoint", "devices", "max_drop", "objective", "out", "img_size", "train_epochs",
+          "signals", "sparsity", "macs_reduction", "finetune_epochs", "finetune_top", "export_top", "storage",
+          "quantize", "bench_runs", "seed", "mode", *EXECUTOR_OPTIONS, "quick", "config_file", "resume", "force",
+          defaults=RUN_FLAG_DEFAULTS, out={"show_default": "runs/<model>-<data>"},
+          force={"help": "Delete an existing run in --out and start over."})
 @click.pass_context
 def run(ctx, config_file, resume, force, **flags):
     """Everything in one command: train, prune, export, bench, rank, report, release.

@@ -7,13 +7,20 @@ the key and says what is allowed, e.g.::
 
     config file run.toml: targets must be a non-empty list of numbers in [0, 1), got 0.7
 
+A table can also be the one declaration of its settings: ``fields_of`` makes a dataclass's
+fields from it (types from the kinds, the defaults), and a Field's ``flag`` and ``help`` say
+how the command line offers it (mixprune/cli.py makes the click options).
+
 Import-light on purpose (the standard library and ``mixprune.errors`` only): ``devices/``
 and the CLI use it without pulling in torch.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
+import functools
 import math
 import re
 import sys
@@ -36,12 +43,14 @@ OMIT = object()      # a missing key stays out of the result (the caller merges 
 @dataclass(frozen=True)
 class Kind:
     """What a value must be: ``what`` in messages ("an integer"), ``ok`` the test, and for
-    lists the plural of one item; ``convert`` (optional) may raise ValueError(reason)."""
+    lists the plural of one item; ``convert`` (optional) may raise ValueError(reason);
+    ``type`` the Python type of a checked value (a dataclass field's annotation)."""
 
     what: str
     ok: Callable[[object], bool]
     plural: str = ""
     convert: Callable[[object], object] | None = None
+    type: type = object
 
 
 def _is_int(value) -> bool:
@@ -61,12 +70,12 @@ def _is_regex(value) -> bool:
 
 
 SCALARS: dict[str, Kind] = {
-    "str": Kind("a string", lambda v: isinstance(v, str), "strings"),
-    "int": Kind("an integer", _is_int, "integers"),
-    "number": Kind("a number", _is_number, "numbers"),
-    "bool": Kind("true or false", lambda v: isinstance(v, bool), "true/false values"),
-    "table": Kind("a table", lambda v: isinstance(v, dict), "tables"),
-    "regex": Kind("a regular expression", _is_regex, "regular expressions"),
+    "str": Kind("a string", lambda v: isinstance(v, str), "strings", type=str),
+    "int": Kind("an integer", _is_int, "integers", type=int),
+    "number": Kind("a number", _is_number, "numbers", type=float),
+    "bool": Kind("true or false", lambda v: isinstance(v, bool), "true/false values", type=bool),
+    "table": Kind("a table", lambda v: isinstance(v, dict), "tables", type=dict),
+    "regex": Kind("a regular expression", _is_regex, "regular expressions", type=str),
 }
 # list kinds: (item kind, whether a comma-separated string is accepted as the list, as flags give it)
 LISTS: dict[str, tuple[str, bool]] = {
@@ -97,6 +106,29 @@ def _parse_range(text: str) -> tuple[str, Callable[[float], bool]]:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """How the command line offers a setting; mixprune/cli.py makes the click option from it.
+
+    ``name``: the flag as the user types it, e.g. --img-size (a bool that defaults to true:
+    --no-recalibrate, which sets it false). ``metavar``: the placeholder in --help.
+    ``default_text``: what --help shows as the default when the setting's value is None
+    ("the device profile's"). ``path``: "file" or "dir", and click refuses an existing
+    path of the other kind. ``click_checks``: click refuses a value below the Field's
+    ``minimum`` itself (the flag also feeds commands that build no RunConfig: rank, bench).
+    """
+
+    name: str
+    metavar: str | None = None
+    default_text: str | None = None
+    path: str | None = None
+    click_checks: bool = False
+
+    def __post_init__(self):
+        if self.path not in (None, "file", "dir"):
+            raise ValueError(f"Flag {self.name}: path must be 'file', 'dir' or None, got {self.path!r}")
+
+
+@dataclass(frozen=True)
 class Field:
     """One key of a settings table.
 
@@ -105,6 +137,9 @@ class Field:
     numbers) and tables; or a ``Kind``. ``range`` ('[0, 1)', '> 0', ...), ``choices`` and
     ``pattern`` constrain the value, or each item of a list. ``optional``: None is allowed
     too (from defaults and Python callers; TOML has no null). ``note`` is added to messages.
+    ``default``: the value when the key is missing (REQUIRED: an error; OMIT: left out);
+    ``help``: what the setting does, one sentence for --help; ``flag``: its command-line
+    flag, None where it is set in a settings file only.
     """
 
     kind: str | Kind
@@ -117,12 +152,22 @@ class Field:
     optional: bool = False
     nonempty: bool = False
     note: str = ""
+    flag: Flag | None = None
 
     def __post_init__(self):
         if self.range is not None:
             _parse_range(self.range)  # a malformed range is a programming error: fail at import
         if not isinstance(self.kind, Kind) and self.kind not in SCALARS and self.kind not in LISTS:
             raise ValueError(f"unknown field kind {self.kind!r}")
+        if self.flag is not None and self.flag.click_checks and self.minimum is None:
+            raise ValueError(f"{self.flag.name}: click_checks needs the Field's minimum")
+
+    @property
+    def annotation(self) -> object:
+        """The Python type of a checked value: str, int, float, bool, dict, tuple[str, ...], ...
+        (``| None`` when optional)."""
+        python = tuple[self.item.type, ...] if self.is_list else self.item.type
+        return python | None if self.optional else python
 
     @property
     def is_list(self) -> bool:
@@ -174,6 +219,23 @@ class Field:
         if self.choices is not None and value not in self.choices:
             return False
         return self.pattern is None or re.fullmatch(self.pattern, value) is not None
+
+
+def fields_of(table: dict[str, Field]):
+    """A class decorator, under ``@dataclasses.dataclass``: one field per entry of ``table``,
+    in its order, typed by its kind (``Field.annotation``), defaulting to its ``default``
+    (a copy of a mutable one for each instance; REQUIRED and OMIT: no default)."""
+    def decorate(cls):
+        cls.__annotations__ = {name: field.annotation for name, field in table.items()}
+        for name, field in table.items():
+            if field.default is REQUIRED or field.default is OMIT:
+                continue
+            if isinstance(field.default, (dict, list, set)):
+                setattr(cls, name, dataclasses.field(default_factory=functools.partial(copy.deepcopy, field.default)))
+            else:
+                setattr(cls, name, field.default)
+        return cls
+    return decorate
 
 
 def show(value) -> str:

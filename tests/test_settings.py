@@ -4,6 +4,7 @@ front: one line naming the key and what is allowed, exit code 2, nothing written
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import re
@@ -13,8 +14,7 @@ import click
 import pytest
 
 from mixprune.cli import main
-from mixprune.config import (CONFIG_ONLY, FIELDS, MAX_SHIFTED_RATIO, QUICK_DEFAULTS, RUN_DEFAULTS, RunConfig,
-                             flag_label)
+from mixprune.config import FIELDS, MAX_SHIFTED_RATIO, QUICK_DEFAULTS, RUN_DEFAULTS, RunConfig, flag_label
 from mixprune.errors import ConfigError
 from mixprune.settings import Field, check_value
 
@@ -237,14 +237,35 @@ def _cli_options() -> dict[str, dict[str, set[str]]]:
 
 def test_flag_labels_are_real_flags_and_config_only_keys_have_none():
     options = _cli_options()
-    config_commands = {name: options[name] for name in ("prune", "run")}
-    for name in FIELDS:
-        flags = set().union(*(opts.get(name, set()) for opts in config_commands.values()))
-        if name in CONFIG_ONLY:
+    for name, field in FIELDS.items():
+        flags = set().union(*(options[command].get(name, set()) for command in ("prune", "run")))
+        if field.flag is None:  # set in a --config file only
             assert not flags, (name, flags)
             assert flag_label(name) == name
         else:
-            assert flag_label(name) in flags, (name, flag_label(name), flags)
+            assert flag_label(name) == field.flag.name and field.flag.name in flags, (name, flags)
+
+
+def test_each_setting_is_declared_once_in_the_table():
+    """RunConfig's fields (names, order, types, defaults) and every command's option of a run setting
+    (flag, help) come from config.FIELDS."""
+    assert [f.name for f in dataclasses.fields(RunConfig)] == list(FIELDS)  # run.json keeps this order
+    default = RunConfig()
+    for f in dataclasses.fields(RunConfig):
+        field = FIELDS[f.name]
+        assert field.help, f.name
+        assert f.type == field.annotation and getattr(default, f.name) == field.default, f.name
+    assert RunConfig().model_args is not RunConfig().model_args  # a mutable default is copied
+    seen = set()
+    for command in ("prune", "run", "rank", "export", "bench"):  # the commands that take run settings
+        for option in main.commands[command].params:
+            field = FIELDS.get(option.name)
+            if field is None or field.flag is None or option.opts != [field.flag.name]:
+                continue  # rank's --device (parameter devices) is not the setting --devices
+            seen.add(option.name)
+            if (command, option.name) != ("prune", "out"):  # prune says --out is required
+                assert option.help == field.help, (command, option.name)
+    assert seen == {name for name, field in FIELDS.items() if field.flag is not None}
 
 
 # --- defaults: shown by click, from RunConfig (and RUN_DEFAULTS for run), never overriding --config ------
@@ -477,6 +498,13 @@ HEAVY = ("torch", "timm", "onnx", "mixprune.exporter", "mixprune.pruning.stage",
 def test_settings_modules_stay_light():
     imports = ("mixprune.settings", "mixprune.config", "mixprune.devices.profiles", "mixprune.cli")
     assert heavy_imports(HEAVY, imports=imports) == []
+
+
+def test_ranking_report_and_release_load_no_stage_code():
+    """They read records only (ARCHITECTURE.md, import rules): no pruning, exporter or executor module,
+    and so neither the run config (mixprune.config reads the pruning and executor registries)."""
+    stage_code = ("mixprune.pruning", "mixprune.exporter", "mixprune.executors", "mixprune.config", "torch", "onnx")
+    assert heavy_imports(stage_code, imports=("mixprune.ranking", "mixprune.report", "mixprune.release")) == []
 
 
 @pytest.mark.parametrize("command", [["--help"], ["prune", "--help"], ["run", "--help"]])
