@@ -1,9 +1,11 @@
-"""INT8 variants of exported models: ``candidates/<parent>+int8/`` (int8 activations) and
-``candidates/<parent>+int8u/`` (uint8 activations), each a candidate of its own.
+"""INT8 variants of exported models: ``candidates/<parent><suffix>/``, one per INT8 recipe
+(exporter/quantize.py ``RECIPES``: ``+int8u`` uint8 activations, ``+int8`` int8 ones, static QDQ;
+``+int8d`` dynamic, for attention models), each a candidate of its own.
 
 A variant is a quantization task (on the run's executor) over its parent's dense ONNX bytes
 (the compact container holds them whatever ``--storage`` model.onnx has), calibrated on the
-run's calibration split, and measured with onnxruntime on the tune and held-out splits like every candidate. The driver
+run's calibration split when its recipe is static, made only for the parents its recipe applies
+to (the recipe reads the parent's fp32 graph), and measured with onnxruntime on the tune and held-out splits like every candidate. The driver
 writes its records in the order ONNX file, container, export.json, strategy.json and
 eval.json last, which marks it finished. A variant whose parent's ONNX and quantization
 settings are unchanged is reused.
@@ -21,6 +23,7 @@ import torch
 
 from mixprune import compact
 from mixprune.accuracy import accuracy_of
+from mixprune.candidates import STRUCTURED, Axes
 from mixprune.data import Splits
 from mixprune.errors import ExportError
 from mixprune.executors import Executor, TaskFailure, run_tasks
@@ -29,9 +32,9 @@ from mixprune.runs import COMPACT_FILE, ONNX_FILE, RunDir, VariantDir, now_iso, 
 
 from . import parity
 from .onnx_export import io_spec
-from .quantize import ACTIVATIONS, quantize, require_calibration, settings, zeros_kept
+from .quantize import RECIPES, every_model, quantize, require_calibration, zeros_kept
 
-INT8_NOTE = ("INT8 (QDQ): onnxruntime runs integer kernels, so it may be faster or slower than fp32 "
+INT8_NOTE = ("INT8 ({format}): onnxruntime runs integer kernels, so it may be faster or slower than fp32 "
              "depending on the model and the device; only its bench records say which")
 
 
@@ -61,6 +64,7 @@ class VariantJob:
     """One variant to make, with what the driver read of its parent."""
     vid: str
     parent: str
+    recipe: str  # its name in RECIPES
     quantization: dict
     dense_bytes: bytes  # the parent's dense ONNX file
     parent_export: dict
@@ -79,29 +83,36 @@ class Variant:
     evaluation: dict
 
 
-def quantize_models(run: RunDir, parents: list[str], activations: tuple[str, ...], splits: Splits,
+def quantize_models(run: RunDir, parents: list[str], recipes: tuple[str, ...], splits: Splits,
                     executor: Executor, force: bool = False) -> tuple[dict[str, dict], dict[str, str]]:
-    """The INT8 variants of the exported ``parents``, one ``quantize_task`` each on ``executor``:
-    ({variant id: export record (``skipped``)}, {variant id: why it could not be made}). A model
-    onnxruntime cannot quantize loses only that variant."""
-    if not activations:
+    """The INT8 variants of the exported ``parents`` by the named ``recipes`` (config.QUANTIZE), one
+    ``quantize_task`` each on ``executor``, for the parents each recipe applies to: ({variant id: export
+    record (``skipped``)}, {variant id: why it could not be made}). A model onnxruntime cannot quantize
+    loses only that variant."""
+    if not recipes:
         return {}, {}
+    chosen = [RECIPES.get(name) for name in recipes]
     work = QuantizeWork(calibration=_stack(splits.calibration)[0].numpy(), held_out=_stack(splits.val),
                         tune=_stack(splits.tune))
-    require_calibration(work.calibration, f"the models of {run.root}")  # no variant could be made
+    if any(recipe.calibrated for recipe in chosen):
+        require_calibration(work.calibration, f"the models of {run.root}")  # no static variant could be made
     results, jobs = {}, []
     for mid in parents:
         parent = run.model(mid)
         parent_export = parent.read_export()
-        for activation in activations:
-            variant = run.variant(mid, ACTIVATIONS[activation].suffix)
-            quantization = settings(activation, len(work.calibration))
+        dense_bytes = compact.unpack(parent.compact_file.read_bytes())
+        graph = onnx.load_from_string(dense_bytes) if any(r.applies is not every_model for r in chosen) else None
+        for recipe in chosen:
+            if graph is not None and not recipe.applies(graph):
+                continue
+            variant = run.variant(mid, recipe.suffix)
+            quantization = recipe.record(len(work.calibration))
             if not force and _is_current(variant, parent_export, quantization):
                 results[variant.id] = dict(variant.read_export(), skipped=True)
                 continue
             variant.eval_json.unlink(missing_ok=True)  # unfinished until its eval.json lands again
             variant.drop_export()
-            jobs.append(VariantJob(variant.id, mid, quantization, compact.unpack(parent.compact_file.read_bytes()),
+            jobs.append(VariantJob(variant.id, mid, recipe.name, quantization, dense_bytes,
                                    parent_export, parent.read_strategy() or {}, parent.read_eval()))
     if jobs:
         say(f"quantizing {len(jobs)} model(s) to INT8, {executor.describe()}")
@@ -133,7 +144,8 @@ def quantize_task(work: QuantizeWork, job: VariantJob) -> Variant | TaskFailure:
 def make_variant(work: QuantizeWork, job: VariantJob) -> Variant:
     parent_export, dense_bytes = job.parent_export, job.dense_bytes
     label = f"{parent_export['model']} ({job.vid})"
-    int8_bytes = quantize(dense_bytes, work.calibration, job.quantization["activation_type"], label)
+    recipe = RECIPES.get(job.recipe)
+    int8_bytes = quantize(dense_bytes, work.calibration if recipe.calibrated else None, recipe, label)
     fp32_session = parity.session(dense_bytes, f"{label}'s parent")
     int8_session = parity.session(int8_bytes, label)
     (val_images, val_labels), (tune_images, tune_labels) = work.held_out, work.tune
@@ -161,12 +173,14 @@ def make_variant(work: QuantizeWork, job: VariantJob) -> Variant:
         "verified": bool(zeros["sparsity_preserved"]),
         "bytes": {"onnx": len(int8_bytes), "gzip": len(gzip.compress(int8_bytes, compresslevel=6, mtime=0)),
                   "sparse": None, "compact": len(container), "model_onnx": len(int8_bytes)},
-        "runtime_note": INT8_NOTE, "versions": package_versions(), "layers": zeros["layers"],
+        "runtime_note": INT8_NOTE.format(format=job.quantization["format"]), "versions": package_versions(), "layers": zeros["layers"],
         "exported_at": now_iso(),
     }
     parent_strategy = job.parent_strategy
+    axes = Axes.of(parent_strategy or None).quantized(recipe.format)  # kind int8, method, family, format
     strategy = {
-        "cid": job.vid, "kind": "int8", "parent": job.parent, "quantization": job.quantization,
+        "cid": job.vid, **axes.record(), "parent": job.parent, "recipe": recipe.name, "quantization": job.quantization,
+        "style": recipe.style.record(structured=axes.family == STRUCTURED),
         "signal": parent_strategy.get("signal", "dense"), "strategy": parent_strategy.get("strategy", "dense"),
         "layers": parent_strategy.get("layers", {}), "global_sparsity": parent_strategy.get("global_sparsity", 0.0),
         "parent_kind": parent_strategy.get("kind", "dense"),

@@ -8,7 +8,7 @@ timed at batch 1, 1 intra-op thread):
   a  dense fp32
   b  the same with 90% of every conv / linear weight zeroed by magnitude (per tensor):
      the same onnxruntime kernels as a, so the true ratio b/a is 1.0
-  c  INT8 of a, ``mixprune.exporter.quantize.quantize(..., "uint8", ...)`` calibrated on
+  c  INT8 of a, ``mixprune.exporter.quantize.quantize(..., RECIPES.get("int8u"), ...)`` calibrated on
      16 random images: other kernels, a real speed difference
 
 Two conditions: "quiet" (nothing started here; before each repetition up to --quiet-wait s
@@ -110,7 +110,7 @@ def export_models(folder: Path) -> dict[str, Path]:
     import torch
 
     from mixprune.compat import import_timm
-    from mixprune.exporter.quantize import quantize
+    from mixprune.exporter.quantize import RECIPES, quantize
 
     timm = import_timm()
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def export_models(folder: Path) -> dict[str, Path]:
                 w.view(-1)[smallest] = 0.0
     paths["b"].write_bytes(export(model))
     images = np.random.default_rng(0).standard_normal((16, 3, SIZE, SIZE)).astype(np.float32)
-    paths["c"].write_bytes(quantize(dense, images, "uint8", "resnet18"))
+    paths["c"].write_bytes(quantize(dense, images, RECIPES.get("int8u"), "resnet18"))
     return paths
 
 

@@ -154,7 +154,7 @@ def formats(fp32: bytes, calibration: np.ndarray, label: str) -> dict[str, bytes
     out = {"fp32": fp32}
     for activation in ACTIVATIONS:  # int8, uint8
         start = time.perf_counter()
-        out[activation] = quantize(fp32, calibration, activation, label)
+        out[activation] = quantize(fp32, calibration, ACTIVATIONS[activation], label)
         say(f"  {label}: static QDQ, {activation} activations, {time.perf_counter() - start:.1f} s")
     out["dynamic"] = quantize_dynamic_bytes(fp32)
     return out
@@ -482,7 +482,7 @@ def main() -> None:
     say("resnet18 at 90%: global magnitude pruning, BN re-estimation, fine-tune")
     sparse_model, sparse_info = sparse_candidate(model, spec, splits)
     sparse_fp32, sparse_audit, _ = export_checked(sparse_model, spec.input_shape, "resnet18 90%")
-    sparse_u8 = quantize(sparse_fp32, calibration.numpy(), "uint8", "resnet18 90%")
+    sparse_u8 = quantize(sparse_fp32, calibration.numpy(), ACTIVATIONS["uint8"], "resnet18 90%")
     kept = zeros_kept(onnx.load_from_string(sparse_fp32), sparse_audit["layers"], onnx.load_from_string(sparse_u8))
     fp32_container, u8_container = compact.pack(sparse_fp32), compact.pack(sparse_u8)
     assert compact.unpack(fp32_container) == sparse_fp32 and compact.unpack(u8_container) == sparse_u8
@@ -524,7 +524,7 @@ def main() -> None:
     say("resnet18 90% at 224: export, quantize, timing")
     big = {"fp32": export_checked(model, (1, 1, 224, 224), "resnet18 digits 224")[0],
            "sparse90_fp32": export_checked(sparse_model, (1, 1, 224, 224), "resnet18 90% 224")[0]}
-    big["sparse90_uint8"] = quantize(big["sparse90_fp32"], upsample(calibration[:CALIBRATION_224], 224, 1), "uint8",
+    big["sparse90_uint8"] = quantize(big["sparse90_fp32"], upsample(calibration[:CALIBRATION_224], 224, 1), ACTIVATIONS["uint8"],
                                      "resnet18 90% 224")
     record["timing"]["resnet18-sparse90@224-digits"] = time_group(
         "resnet18-sparse90@224", big, upsample(val_images[:1], 224, 1), args.rounds, args.warmup, args.round_seconds)

@@ -74,7 +74,7 @@ from mixprune.devices.runners.local import LocalRunner
 from mixprune.exporter import parity
 from mixprune.exporter.audit import audit
 from mixprune.exporter.onnx_export import INPUT_NAME, canonicalize_zeros, export_onnx
-from mixprune.exporter.quantize import quantize
+from mixprune.exporter.quantize import RECIPES, quantize
 from mixprune.exporter.simplify import simplify_guarded
 from mixprune.models import ModelSpec, build_stored
 from mixprune.pruning.cut import Blueprint, GroupScores, cut_model, score_groups
@@ -96,7 +96,7 @@ VIT = "vit_tiny_patch16_224"
 MODELS_224 = ("resnet18", VIT, "mobilenetv3_small_100", "convnext_atto")
 # the models trained on digits at 32x32: 8x8 patches keep the ViT's 16 tokens affordable on 2 cores
 DIGITS_MODELS = {"resnet18": [], VIT: ["--model-arg", "patch_size=8"]}
-ACTIVATION = "uint8"  # static QDQ, uint8 activations (the fast one on this x86 host: experiments/int8)
+RECIPE = "int8u"  # static QDQ, uint8 activations (the fast one on this x86 host: experiments/int8)
 CALIBRATION_224 = 32  # digits images, upsampled: the 224 models have random weights, speed only
 EFFICIENCY_TARGET = 0.8  # the issue: speedup / MAC-reduction factor >= 0.8 at 224
 PARITY_IMAGES = 4
@@ -226,7 +226,7 @@ def quantized(fp32: bytes, calibration: np.ndarray, label: str, log: QuietQuanti
     root = logging.getLogger()
     root.addFilter(log)
     try:
-        data = quantize(fp32, calibration, ACTIVATION, label)
+        data = quantize(fp32, calibration, RECIPES.get(RECIPE), label)
     finally:
         root.removeFilter(log)
     return data, round(time.perf_counter() - start, 1)
@@ -265,7 +265,7 @@ def build_group(models: dict, input_shape: tuple, calibration: np.ndarray, parit
     for mid in models:
         qid = f"{mid}+int8u"
         data, seconds = quantized(fp32[mid], calibration, f"{group} {mid}", log)
-        records[qid] = {"format": f"static QDQ INT8, {ACTIVATION} activations", "parent": mid, "bytes": len(data),
+        records[qid] = {"format": f"static QDQ INT8, {RECIPES.get(RECIPE).activation} activations", "parent": mid, "bytes": len(data),
                         "onnx_weights": onnx_weights(data), "quantize_seconds": seconds}
         say(f"  {group} {qid}: quantized in {seconds} s")
         fp32[qid] = data
@@ -485,7 +485,7 @@ def main() -> None:
                      "torch_pruning": _version("torch-pruning")},
         "settings": {"strategy": STRATEGY, "importances": list(IMPORTANCES), "range_targets": list(RANGE_TARGETS),
                      "mac_targets": list(MAC_TARGETS), "round_to": ROUND_TO, "opset": OPSET,
-                     "activation": ACTIVATION, "calibration_224_images": CALIBRATION_224, "rounds": args.rounds,
+                     "activation": RECIPES.get(RECIPE).activation, "calibration_224_images": CALIBRATION_224, "rounds": args.rounds,
                      "processes": args.processes, "warmup": args.warmup, "process_seconds": args.process_seconds,
                      "max_runs_per_round": args.max_runs_per_round, "torch_threads": torch.get_num_threads(),
                      "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),

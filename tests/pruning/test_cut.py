@@ -67,6 +67,82 @@ def test_gradient_and_product_importances_use_gradients(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # scoring left the weights alone
 
 
+def _gradient_as_weights():
+    """The gradient importance as it was first written: Torch-Pruning's L1 magnitude importance run on
+    weights swapped for their gradients (the reference the Importance subclass must match)."""
+    import torch_pruning as tp
+
+    magnitude = tp.importance.GroupMagnitudeImportance(p=1)
+
+    def score(group):
+        layers = {id(dep.target.module): dep.target.module for dep, _ in group
+                  if getattr(dep.target.module, "weight", None) is not None
+                  and dep.target.module.weight.grad is not None}
+        swapped = {key: layer.weight.data for key, layer in layers.items()}
+        try:
+            for layer in layers.values():
+                layer.weight.data = layer.weight.grad.data
+            return magnitude(group)
+        finally:
+            for key, layer in layers.items():
+                layer.weight.data = swapped[key]
+
+    return score
+
+
+@pytest.mark.parametrize("family", ["resnet", "mobilenet", "vit"])
+def test_gradient_importance_scores_as_magnitude_on_the_gradients(family, monkeypatch):
+    import torch_pruning as tp
+
+    from mixprune.pruning import cut as cutlib
+    from mixprune.pruning.scores import SIGNALS
+
+    spec, model, x = _model(family)
+    with torch.no_grad():  # timm zero-initializes each block's last BN: gradients everywhere, not only in the stem
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.weight.uniform_(0.5, 1.5)
+    model(x).logsumexp(dim=1).sum().backward()
+    importance = SIGNALS.get("gradient").importance()
+    assert isinstance(importance, tp.importance.Importance)  # a Torch-Pruning importance, no weight swapping
+    new = score_groups(model, x, "gradient", round_to=1)
+    magnitude = score_groups(model, x, "magnitude", round_to=1)
+
+    class Old:
+        @staticmethod
+        def get(name):
+            return _gradient_as_weights
+
+    monkeypatch.setattr(cutlib, "IMPORTANCES", Old)
+    old = score_groups(model, x, "gradient", round_to=1)
+    assert new.scores.keys() == old.scores.keys() and len(new.scores) > 3
+    for key, scores in old.scores.items():
+        assert (scores is None) == (new.scores[key] is None), key
+        if scores is not None:
+            assert torch.allclose(new.scores[key], scores, rtol=1e-5, atol=0, equal_nan=True), key
+            assert torch.equal(new.scores[key].argsort(), scores.argsort()), key  # the same channel choice
+    assert any(not torch.allclose(s, magnitude.scores[k]) for k, s in new.scores.items() if s is not None)
+
+
+def test_every_signal_brings_its_importance_and_style():
+    from mixprune.pruning.cut import IMPORTANCES
+    from mixprune.pruning.scores import BASELINES, SIGNALS, STRUCTURED_BASELINES
+
+    assert IMPORTANCES.names() == SIGNALS.names()
+    styles = set()
+    for name, signal in SIGNALS.items():
+        assert callable(IMPORTANCES.get(name)())
+        styles |= {tuple(signal.style.record().items()), tuple(signal.style.record(structured=True).items())}
+    for registry, structured in ((BASELINES, False), (STRUCTURED_BASELINES, True)):
+        for name, baseline in registry.items():
+            styles.add(tuple(baseline.style.record(structured).items()))
+    for name, baseline in STRUCTURED_BASELINES.items():
+        assert baseline.importance in SIGNALS
+    assert len(styles) == 2 * len(SIGNALS.names()) + len(BASELINES.names()) + len(STRUCTURED_BASELINES.names())
+    with pytest.raises(CutError, match="unknown structured importance 'nope'"):
+        IMPORTANCES.get("nope")
+
+
 def test_a_model_that_cannot_be_cut_is_one_clear_line():
     spec, model, x = _model("swin")
     with pytest.raises(CutError, match="Torch-Pruning cannot cut|does not run after the cut") as info:

@@ -176,3 +176,25 @@ def test_calibration_hessian_gradient_matches_double_backward_and_leaves_weights
     for name, g, hg in zip(names, exact_g, exact_hg):
         assert torch.allclose(result["grad"][name], g, atol=1e-6)
         assert float((result["hg"][name] - hg).norm() / hg.norm()) < 1e-2
+
+
+def test_a_registry_refuses_a_name_twice():
+    from mixprune.registry import Registry
+
+    registry = Registry("thing")
+    registry.register("a")(1)
+    with pytest.raises(ValueError, match="thing 'a' is registered already"):
+        registry.register("a")(2)
+    assert registry.get("a") == 1 and registry.names() == ["a"]
+    with pytest.raises(ConfigError, match="unknown thing 'b' \\(known: a\\)"):
+        registry.get("b")
+
+
+def test_scores_module_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys; import mixprune.pruning.scores as s; s.SIGNALS.get('gradient').style.record(); "
+            "print(sorted(m for m in ('torch', 'torch_pruning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
