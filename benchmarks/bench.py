@@ -8,11 +8,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from mixprune.candidates import UNSTRUCTURED, Axes
 from mixprune.devices.profiles import Profile
 from mixprune.errors import BenchmarkError, RunDirError
 from mixprune.executors import Executor, device_resource, given_or_local
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import DENSE, ModelDir, RunDir
+from mixprune.runs import DENSE, ModelDir, RunDir, bench_stage
 
 from . import paired
 from .records import UNSTRUCTURED_NOTE, make_record
@@ -65,8 +66,8 @@ def _unstructured_note(model_dir: ModelDir) -> dict:
     if info is None:
         return {}
     # INT8 variants run integer kernels: the note on zeros and dense kernels is not theirs
-    sparse = ((info.get("global_sparsity") or 0) > 0 and info.get("mode", "unstructured") == "unstructured"
-              and info.get("kind") != "int8")
+    axes = Axes.of(info)
+    sparse = (info.get("global_sparsity") or 0) > 0 and axes.family == UNSTRUCTURED and not axes.is_int8
     return {"note": UNSTRUCTURED_NOTE} if sparse else {}
 
 
@@ -132,9 +133,10 @@ def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict, execu
     if skipped:
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         say(f"{len(skipped)} not exported yet, skipped: {shown}")
+    records, bench_id = {}, uuid.uuid4().hex[:12]
+    run.set_stage(bench_stage(profile.name), "running", bench_id=bench_id)
     with given_or_local(executor) as executor:
         work = BenchWork(profile, {cid: (d.onnx_file.name, d.onnx_file.read_bytes()) for cid, d in todo.items()})
-        records, bench_id = {}, uuid.uuid4().hex[:12]
         with progress_bar() as progress:
             counter = Counter(progress, f"Benchmarking on {profile.name}, each model alone", total=len(todo), every=1)
             alone = [BenchJob((cid,), _model_config(config, d)) for cid, d in todo.items()]
@@ -150,6 +152,7 @@ def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict, execu
                 for cid, model_dir in todo.items():
                     records[cid]["interleaved"] = blocks[cid]
                     model_dir.write_bench(profile.name, records[cid])
+    run.set_stage(bench_stage(profile.name), "done", bench_id=bench_id, models=sorted(todo))
     return {cid: records[cid] for cid in todo}
 
 

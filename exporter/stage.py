@@ -24,7 +24,7 @@ from mixprune.errors import ExportError, RunDirError
 from mixprune.executors import Executor, TaskFailure, given_or_local, run_tasks
 from mixprune.models import ModelSpec
 from mixprune.progress import say
-from mixprune.runs import COMPACT_FILE, ONNX_FILE, ModelDir, RunDir, TorchModelDir, now_iso, package_versions
+from mixprune.runs import COMPACT_FILE, EXPORT_STAGE, ONNX_FILE, ModelDir, RunDir, TorchModelDir, now_iso, package_versions
 from mixprune.stored import StoredModel, stored_model_of
 
 from . import parity, storage
@@ -110,7 +110,7 @@ def export_run(run_dir, candidates=(), options: ExportOptions = ExportOptions(),
         exported = [cid for cid in chosen if cid in results]
         variants, variant_failures = quantize_models(run, exported, activations, splits, executor, force=options.force)
     if todo or variants or variant_failures:
-        run.set_stage("export", "done", models=sorted({**results, **variants}), failures=failures,
+        run.set_stage(EXPORT_STAGE, "done", models=sorted({**results, **variants}), failures=failures,
                       variant_failures=variant_failures)
     return ExportSummary({**{cid: results[cid] for cid in exported}, **variants}, failures, variant_failures)
 

@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 
 from .accuracy import SELECTION_SPLIT, accuracy_of
+from .candidates import Axes
 from .config import RunConfig
 from .errors import ExportError
 from .progress import say
 from .ranking import rank_run, require_choice
 from .report import write_report
-from .runs import DENSE, RunDir
+from .runs import DENSE, EXPORT_STAGE, PRUNE_STAGE, RUN_STAGE, RunDir, bench_stage
 
 
 def default_out(config: RunConfig) -> str:
@@ -47,7 +48,7 @@ def select_for_export(run: RunDir, config: RunConfig) -> tuple[list[str], dict[s
         accuracy, _ = accuracy_of(folder.read_eval(), SELECTION_SPLIT)
         if (dense - accuracy) * 100 <= config.max_drop + 1e-9:
             strategy = folder.read_strategy()
-            families.setdefault(strategy.get("mode", "unstructured"), []).append(
+            families.setdefault(Axes.of(strategy).family, []).append(
                 (cid, accuracy, strategy["global_sparsity"]))
     proxy = "global sparsity" if config.objective == "size" else "tune accuracy"
     chosen, left = [], []
@@ -105,29 +106,28 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
         return result
 
     with config.open_executor(tuple(p.name for p in profiles)) as executor:  # once for every stage
-        if run.stage_status("prune") == "done":
+        if run.stage_status(PRUNE_STAGE) == "done":
             say("prune: done before, kept")
         else:
-            summary = timed("prune", run_prune, config, resume=run.exists(), executor=executor)
+            summary = timed(PRUNE_STAGE, run_prune, config, resume=run.exists(), executor=executor)
             timings.update({f"prune.{k}": v for k, v in summary["timings_s"].items()})
         selected, notes = select_for_export(run, config)
         say(f"exporting the dense model and {len(selected)} candidate(s) within {config.max_drop:g} points of it")
-        failures = timed("export", export_run, root, [DENSE, *selected],
+        failures = timed(EXPORT_STAGE, export_run, root, [DENSE, *selected],
                          ExportOptions(storage=config.storage, quantize=config.quantize), executor).failures
         if DENSE in failures:
             raise ExportError(f"the dense model cannot be exported, so no candidate can be measured against it: "
                               f"{failures[DENSE]}")
         notes.update({cid: f"export failed: {why}" for cid, why in failures.items()})
         for profile in profiles:
-            stage = f"bench:{profile.name}"
+            stage = bench_stage(profile.name)
             if run.stage_status(stage) == "done" and resume:
                 say(f"bench on {profile.name}: done before, kept")
                 continue
             bench_config = agent_config(profile, runs=config.bench_runs, warmup=config.bench_warmup)
-            timed(stage, bench_run_dir, root, profile, bench_config, executor)
-            run.set_stage(stage, "done")
+            timed(stage, bench_run_dir, root, profile, bench_config, executor)  # it records its own status
     ranking = timed("rank", rank_and_report, root, max_drop=config.max_drop, devices=config.devices,
                     objective=config.objective, export_notes=notes)
     bundle = timed("release", release, root, "best", force=True)
-    run.set_stage("run", "done", timings_s=timings, chosen=ranking["chosen"], bundle=str(bundle["path"]))
+    run.set_stage(RUN_STAGE, "done", timings_s=timings, chosen=ranking["chosen"], bundle=str(bundle["path"]))
     return {"ranking": ranking, "bundle": bundle, "timings_s": timings, "out": root}

@@ -48,10 +48,11 @@ import statistics
 from pathlib import Path
 
 from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
-from .config import OBJECTIVES
+from .candidates import UNSTRUCTURED, Axes, removed
+from .objectives import OBJECTIVES
 from .devices.fields import MB
 from .errors import MixpruneError, RunDirError
-from .runs import DENSE, RunDir
+from .runs import DENSE, PRUNE_STAGE, RunDir
 
 FORMAT_VERSION = 1
 LATENCY_NOISE_FLOOR = 0.05  # relative, latency of models timed in separate processes
@@ -69,10 +70,6 @@ class NoEligibleCandidate(MixpruneError):
     """Every candidate fails a constraint (ranking.json still lists why)."""
 
 
-def _pct(x: float) -> str:
-    return f"{x * 100:.1f}%"
-
-
 def close_ids(cid: str, ids) -> str:
     """' (did you mean a, b?)' or ' (available: ...)' for an unknown candidate id."""
     ids = list(ids)
@@ -87,8 +84,7 @@ def load_run(run_dir) -> dict:
     """Every record ranking needs, with a clear error naming the stage that is missing."""
     run = RunDir(run_dir)
     info = run.require()
-    prune = info.get("stages", {}).get("prune", {}).get("status")
-    if prune != "done":
+    if run.stage_status(PRUNE_STAGE) != "done":
         raise RunDirError(f"the prune stage of {run.root} has not finished; continue it with "
                           f"`mixprune prune --out {run.root} --resume`")
     models = {cid: dataclasses.asdict(run.candidate(cid).records()) for cid in run.candidate_ids()}
@@ -173,10 +169,11 @@ def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float,
         per_device[device] = {**(metrics or {}), "benched": metrics is not None,
                               "eligible": not reasons and not own, "reasons": own}
         reasons.extend(own)
+    axes = Axes.of(strategy)
     row = {
-        "cid": cid, "kind": strategy["kind"], "signal": strategy["signal"], "strategy": strategy["strategy"],
-        "mode": strategy.get("mode", "unstructured"), "kernels": "int8" if strategy["kind"] == "int8" else "fp32",
-        "parent": strategy.get("parent"), "activation": (strategy.get("quantization") or {}).get("activation_type"),
+        "cid": cid, **axes.record(), "signal": strategy["signal"], "strategy": strategy["strategy"],
+        "mode": axes.family, "kernels": "int8" if axes.is_int8 else "fp32",
+        "parent": strategy.get("parent"), "activation": axes.activation, "style": strategy.get("style"),
         "global_sparsity": strategy["global_sparsity"], "macs_reduction": strategy.get("macs_reduction"),
         "baselines": strategy.get("baselines", []), "accuracy": accuracy, "accuracy_source": source,
         "drop_points": round((dense[REPORT_SPLIT] - accuracy) * 100, 4),
@@ -193,7 +190,7 @@ def candidate_row(cid: str, rec: dict, dense: dict[str, float], max_drop: float,
 # --- noise bands, choice and Pareto front ---------------------------------------------
 def _same_kernels(row: dict) -> bool:
     """fp32 graphs that differ only in zeros: the CPU provider runs the same dense kernels for all of them."""
-    return row["kernels"] == "fp32" and row["mode"] == "unstructured"
+    return row["kernels"] == "fp32" and row["family"] == UNSTRUCTURED
 
 
 def use_paired_latency(device: str, rows: list[dict], dense: dict | None) -> bool:
@@ -343,10 +340,9 @@ def versus_dense(row: dict, device: str, bands: dict, dense: dict | None) -> dic
 
 
 def format_of(row: dict) -> str:
-    """``fp32``, or ``int8-<activation type>`` for an INT8 variant; prefixed ``structured `` for the
+    """The row's format (``fp32``, ``int8-<activation type>``), prefixed ``structured `` for the
     structured family (channel-cut models and their INT8 variants)."""
-    kernels = f"int8-{row['activation']}" if row["kernels"] == "int8" else row["kernels"]
-    return kernels if row["mode"] == "unstructured" else f"{row['mode']} {kernels}"
+    return row["format"] if row["family"] == UNSTRUCTURED else f"{row['family']} {row['format']}"
 
 
 def format_summary(device: str, rows: list[dict], bands: dict) -> dict:
@@ -400,7 +396,7 @@ def rank(records: dict, *, max_drop: float = 1.0, devices=(), objective: str = "
     tune = {DENSE: dense[SELECTION_SPLIT],
             **{cid: accuracy_of(rec["eval"], SELECTION_SPLIT)[0] for cid, rec in records["models"].items()}}
     rows = [candidate_row(cid, rec, dense, max_drop, devices, root, (export_notes or {}).get(cid),
-                          tune.get(rec["strategy"].get("parent")) if rec["strategy"]["kind"] == "int8" else None)
+                          tune.get(rec["strategy"].get("parent")) if Axes.of(rec["strategy"]).is_int8 else None)
             for cid, rec in records["models"].items()]
     for device in devices:
         emulated = {m["emulated"] for r in rows if (m := r["devices"][device])["benched"]}
@@ -480,9 +476,7 @@ def _why(chosen: dict, eligible: int, tied: int, objective: str, device: dict, d
     drop = chosen["drop_points"]
     versus = f"drop {drop:.2f} points" if drop >= 0 else f"{-drop:.2f} points above it"
     kernels = f"INT8 ({chosen['activation']} activations) of {chosen['parent']}, " if chosen["kernels"] == "int8" else ""
-    macs = f" and {_pct(chosen['macs_reduction'])} of the MACs" if chosen["macs_reduction"] is not None else ""
-    cut = (f"{_pct(chosen['global_sparsity'])} of the prunable weights{macs} cut away" if chosen["mode"] == "structured"
-           else f"{_pct(chosen['global_sparsity'])} sparsity")
+    cut = removed(chosen)
     return (f"{chosen['cid']}: {ties}{among}: held-out accuracy {chosen['accuracy']:.4f} (dense "
             f"{dense['accuracy']:.4f}, {versus}; chosen on the tune split: {chosen['tune_accuracy']:.4f} vs dense "
             f"{dense['tune_accuracy']:.4f}), {cut}, {kernels}"

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import BundleError, RunDirError
 from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
+from .candidates import Axes, describe
 from .ranking import close_ids
 from .runs import DENSE, ONNX_FILE, ModelRecords, RunDir, atomic_write_bytes
 
@@ -75,10 +76,12 @@ def build_manifest(info: dict, cid: str, records: ModelRecords, dense: dict, ran
         "model": {"name": info["model"]["name"], "candidate": cid, "spec": info["model"],
                   "opset": export["opset"], "storage": export["storage"], "bytes": export["bytes"],
                   "parity": export["parity"], "sparsity_preserved": export["sparsity_preserved"],
-                  "verified": export["verified"]},
-        "strategy": {k: strategy.get(k) for k in ("kind", "signal", "strategy", "global_sparsity", "layers",
-                                                  "baselines", "rule_table", "parent", "parent_kind",
-                                                  "quantization")},
+                  "verified": export["verified"], "zeros_onnx": export["zeros_onnx"],
+                  "prunable_params": export["prunable_params"]},
+        "strategy": {**Axes.of(strategy).record(),
+                     **{k: strategy.get(k) for k in ("signal", "strategy", "global_sparsity", "macs_reduction",
+                                                     "params_reduction", "layers", "baselines", "rule_table",
+                                                     "parent", "parent_kind", "quantization")}},
         "accuracy": {"top1": accuracy, "split": REPORT_SPLIT, "source": source, "dense": dense["accuracy"],
                      "drop_points": round((dense["accuracy"] - accuracy) * 100, 4),
                      "raw": evaluation.get("accuracy_raw"), "finetuned": evaluation.get("accuracy_finetuned"),
@@ -102,19 +105,6 @@ def build_manifest(info: dict, cid: str, records: ModelRecords, dense: dict, ran
     }
 
 
-def _what_it_is(strat: dict) -> str:
-    if strat["kind"] == "int8":
-        q = strat.get("quantization") or {}
-        parent = ("the dense model" if strat.get("parent_kind") == "dense" else
-                  f"{strat.get('parent')} ({strat['signal']} / {strat['strategy']}, "
-                  f"{strat['global_sparsity'] * 100:.1f}% unstructured sparsity, its zeros kept in the int8 weights)")
-        return (f"INT8 with mixprune: onnxruntime static quantization ({q.get('format')}, "
-                f"{q.get('activation_type')} activations, {q.get('weight_type')} weights per channel, calibrated "
-                f"on {q.get('calibration_samples')} images) of {parent}.")
-    return (f"Pruned with mixprune ({strat['kind']}: signal {strat['signal']}, strategy {strat['strategy']}) "
-            f"to {strat['global_sparsity'] * 100:.1f}% global sparsity (unstructured).")
-
-
 def _versus_dense(bench: dict) -> str:
     """x dense's speed from the interleaved timing (median paired ratio, quartiles); '-' without it."""
     paired = bench.get("interleaved")
@@ -126,11 +116,11 @@ def _versus_dense(bench: dict) -> str:
 
 def model_card(manifest: dict) -> str:
     m, acc, strat = manifest["model"], manifest["accuracy"], manifest["strategy"]
-    int8 = strat["kind"] == "int8"
+    int8 = Axes.of(strat).is_int8
     lines = [
         f"# {m['name']} / {m['candidate']}",
         "",
-        _what_it_is(strat),
+        describe(strat, m),
         "",
         f"- Top-1 accuracy: {acc['top1'] * 100:.2f}% ({'INT8, measured with onnxruntime' if int8 else acc['source']}), "
         f"dense model {acc['dense'] * 100:.2f}% "

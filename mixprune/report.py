@@ -14,14 +14,14 @@ import html
 import io
 from pathlib import Path
 
+from .candidates import FP32, MIXMATCH, STRUCTURED, UNSTRUCTURED, Axes, CandidateId, describe
 from .devices.fields import MB
 from .errors import RunDirError
 from .runs import RunDir, atomic_write_bytes
 
-MARKERS = {"magnitude": "o", "gradient": "s", "product": "^", "mag": "x", "snip": "+", "grasp": "1", "uniform": "2"}
-STRUCTURED_MARKERS = {"magnitude": "h", "gradient": "p", "product": "v", "mag": "X", "taylor": "*", "uniform": "3"}
-COLORS = {"magnitude": "#9467bd", "gradient": "#d62728", "product": "#8c564b", "mag": "#ff7f0e", "snip": "#2ca02c",
-          "grasp": "#1f77b4", "uniform": "#7f7f7f", "taylor": "#e377c2"}
+# A series' marker and color come with its records (strategy.json ``style``, carried by the ranking rows): each
+# signal, baseline and INT8 recipe brings its own where it is registered; a record without one is drawn so
+NEUTRAL_STYLE = {"marker": "o", "color": "#444444"}
 CHOSEN = dict(s=260, facecolors="none", edgecolors="#d62728", linewidths=2.2, zorder=5)
 
 
@@ -34,24 +34,19 @@ def _plt():
     return plt
 
 
-# INT8 variants, one series per activation type, whatever their parent
-INT8_STYLE = {"uint8": ("D", "#17becf"), "int8": ("P", "#bcbd22")}
-STRUCTURED_INT8_MARKERS = {"uint8": "d", "int8": "8"}
-
-
 def _series(row: dict) -> tuple[str, str, str]:
-    """(label, marker, color) of a candidate's series on the plots; the structured family's series are
-    named so and drawn with markers of their own, beside the unstructured ones."""
-    structured = row["mode"] == "structured"
-    family = "structured " if structured else ""
-    if row["kind"] == "int8":
-        marker, color = INT8_STYLE.get(row["activation"], ("*", "black"))
-        marker = STRUCTURED_INT8_MARKERS.get(row["activation"], marker) if structured else marker
-        return f"{family}INT8, {row['activation']} activations", marker, color
-    label = (f"{family}Mix-and-Match {row['signal']}" if row["kind"] in ("mixmatch", "structured")
-             else f"{family}{'global ' if row['strategy'] == 'global' else ''}{row['signal'].upper()} baseline")
-    markers = STRUCTURED_MARKERS if structured else MARKERS
-    return label, markers.get(row["signal"], "o"), COLORS.get(row["signal"], "#444444")
+    """(label, marker, color) of a candidate's series on the plots: one per signal, baseline method and
+    INT8 format (whatever their parent), the structured family's named so; drawn with the row's ``style``
+    (the structured family's series have markers of their own), else NEUTRAL_STYLE."""
+    family = "structured " if row["family"] == STRUCTURED else ""
+    style = {**NEUTRAL_STYLE, **(row.get("style") or {})}
+    if row["format"] != FP32:
+        label = f"{family}INT8, {row['activation']} activations"
+    elif row["method"] == MIXMATCH:
+        label = f"{family}Mix-and-Match {row['signal']}"
+    else:
+        label = f"{family}{'global ' if row['strategy'] == 'global' else ''}{row['signal'].upper()} baseline"
+    return label, style["marker"], style["color"]
 
 
 def _scatter_groups(ax, rows, x, y):
@@ -121,11 +116,11 @@ def plot_layers(ax, ranking, strategies: dict):
         ax.set_axis_off()
         return
     layers = strategies[chosen]["layers"]
-    structured = strategies[chosen].get("mode") == "structured"
+    structured = Axes.of(strategies[chosen]).family == STRUCTURED
     names = list(layers)
     ax.bar(range(len(names)), [layers[n] * 100 for n in names], color="#1f77b4", label=chosen)
-    prefix = "st-base-mag" if structured else "base-mag"
-    base = next((b for b in strategies[chosen].get("baselines", []) if b.startswith(prefix) and b in strategies), None)
+    base = next((b for b in strategies[chosen].get("baselines", [])
+                 if CandidateId.parse(b).signal == "mag" and b in strategies), None)
     if base:
         ax.plot(range(len(names)), [strategies[base]["layers"].get(n, 0) * 100 for n in names], "k.", ms=5,
                 label=f"{base} (global magnitude, same {'MACs' if structured else 'sparsity'})")
@@ -202,7 +197,7 @@ def _mb(n) -> str:
 
 def _candidate_table(ranking: dict) -> str:
     devices = [d["name"] for d in ranking["devices"]]
-    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>kind</th><th class=l>kernels</th><th>sparsity %</th>"
+    head = ("<tr><th>rank</th><th class=l>candidate</th><th class=l>method</th><th class=l>family</th><th class=l>format</th><th>sparsity %</th>"
             "<th>held-out accuracy %</th><th>held-out drop pt</th><th>tune accuracy %</th><th>tune drop pt</th>"
             "<th>compact MB</th><th>model.onnx MB</th>"
             + "".join(f"<th>{_e(d)} p50 ms</th><th>{_e(d)} RSS MB</th>" for d in devices)
@@ -210,7 +205,7 @@ def _candidate_table(ranking: dict) -> str:
     body = []
     for r in ranking["candidates"]:
         cls = "chosen" if r["cid"] == ranking["chosen"] else ("" if r["eligible"] else "no")
-        cells = [r["rank"] or "", f'<td class=l>{_e(r["cid"])}</td>', _e(r["kind"]), _e(r["kernels"]),
+        cells = [r["rank"] or "", f'<td class=l>{_e(r["cid"])}</td>', _e(r["method"]), _e(r["family"]), _e(r["format"]),
                  f"{r['global_sparsity'] * 100:.1f}", f"{r['accuracy'] * 100:.2f}", f"{r['drop_points']:.2f}",
                  f"{r['tune_accuracy'] * 100:.2f}", f"{r['tune_drop_points']:.2f}",
                  _mb((r["bytes"] or {}).get("compact")), _mb((r["bytes"] or {}).get("model_onnx"))]
@@ -229,16 +224,16 @@ def _baseline_table(ranking: dict) -> str:
     structured ones the same MACs), both before fine-tuning."""
     by_id = {r["cid"]: r for r in ranking["candidates"]}
     rows, score = [], {}
-    mixmatch = (r for r in ranking["candidates"] if r["kind"] in ("mixmatch", "structured"))
-    for r in sorted(mixmatch, key=lambda r: (r["mode"] != "unstructured", -r["accuracy_pruned"], r["cid"])):
+    mixmatch = (r for r in ranking["candidates"] if r["method"] == MIXMATCH and r["format"] == FP32)
+    for r in sorted(mixmatch, key=lambda r: (r["family"] != UNSTRUCTURED, -r["accuracy_pruned"], r["cid"])):
         bases = [by_id[b] for b in r["baselines"] if b in by_id]
         if not bases:
             continue
         best = max(bases, key=lambda b: (b["tune_accuracy_pruned"], b["cid"]))  # picked on tune, shown held-out
         delta = (r["accuracy_pruned"] - best["accuracy_pruned"]) * 100
-        wins, total = score.get(r["mode"], (0, 0))
-        score[r["mode"]] = (wins + (delta >= 0), total + 1)
-        rows.append(f"<tr><td class=l>{_e(r['cid'])}</td><td class=l>{_e(r['mode'])}</td>"
+        wins, total = score.get(r["family"], (0, 0))
+        score[r["family"]] = (wins + (delta >= 0), total + 1)
+        rows.append(f"<tr><td class=l>{_e(r['cid'])}</td><td class=l>{_e(r['family'])}</td>"
                     f"<td>{r['global_sparsity'] * 100:.1f}</td>"
                     f"<td>{r['accuracy_pruned'] * 100:.2f}</td><td class=l>{_e(best['cid'])}</td>"
                     f"<td>{best['accuracy_pruned'] * 100:.2f}</td><td>{delta:+.2f}</td></tr>")
@@ -254,8 +249,9 @@ def _baseline_table(ranking: dict) -> str:
             f"<th>difference pt</th></tr>{''.join(rows)}</table>")
 
 
-def render_html(ranking: dict, run: dict, root: Path, pngs: dict[str, bytes]) -> str:
-    """``run``: the run record (run.json); ``root``: the run directory."""
+def render_html(ranking: dict, run: dict, root: Path, pngs: dict[str, bytes], described: str | None) -> str:
+    """``run``: the run record (run.json); ``root``: the run directory; ``described``: what the chosen
+    model is, in words (mixprune.candidates.describe)."""
     model = run.get("model", {})
     data = run.get("data", {})
     chosen = next((r for r in ranking["candidates"] if r["cid"] == ranking["chosen"]), None)
@@ -270,11 +266,7 @@ def render_html(ranking: dict, run: dict, root: Path, pngs: dict[str, bytes]) ->
                f"{ranking['samples']} images); dense {ranking['dense']['accuracy'] * 100:.2f}%</td></tr>"
                f"<tr><td>tune accuracy (chosen on)</td><td>{chosen['tune_accuracy'] * 100:.2f}% "
                f"({ranking['tune_samples']} images); dense {ranking['dense']['tune_accuracy'] * 100:.2f}%</td></tr>"
-               f"<tr><td>global sparsity</td><td>{chosen['global_sparsity'] * 100:.1f}% ({_e(chosen['signal'])} / "
-               f"{_e(chosen['strategy'])})</td></tr>"
-               + (f"<tr><td>kernels</td><td>INT8 (QDQ, {_e(chosen['activation'])} activations) of "
-                  f"<code>{_e(chosen['parent'])}</code></td></tr>" if chosen["kind"] == "int8" else "")
-               + 
+               f"<tr><td>what it is</td><td>{_e(described)}</td></tr>"
                f"<tr><td>size</td><td>model.onnx {_mb(chosen['bytes']['model_onnx'])} MB ({_e(chosen['storage'])} storage), "
                f"compact {_mb(chosen['bytes']['compact'])} MB, dense ONNX {_mb(chosen['bytes']['onnx'])} MB</td></tr>"
                f"{dev_rows}</table><p>Ship it: <code>mixprune release {_e(root)}</code></p></div>")
@@ -329,5 +321,7 @@ def write_report(run_dir) -> RunDir:
     strategies = {row["cid"]: run.candidate(row["cid"]).read_strategy() for row in ranking["candidates"]}
     pngs = figures(ranking, strategies)
     atomic_write_bytes(run.pareto_png, pngs["pareto"])
-    atomic_write_bytes(run.report_html, render_html(ranking, run.require(), run.root, pngs).encode())
+    chosen = ranking["chosen"]
+    described = describe(strategies[chosen], run.candidate(chosen).read_export()) if chosen else None
+    atomic_write_bytes(run.report_html, render_html(ranking, run.require(), run.root, pngs, described).encode())
     return run

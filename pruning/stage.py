@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mixprune.accuracy import selection_accuracy
+from mixprune.candidates import BASELINE, MIXMATCH, UNSTRUCTURED, Axes, CandidateId
 from mixprune.config import DEFAULT_ROUND_TO, MODE_FAMILIES, RunConfig
 from mixprune.data import DataSpec, Splits, load_splits
 from mixprune import masked
@@ -27,7 +28,7 @@ from mixprune.errors import CutError, RunDirError
 from mixprune.executors import Executor
 from mixprune.models import ModelSpec, build_model, build_stored, load_state, load_weights, numpy_state
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import RunDir, package_versions
+from mixprune.runs import PRUNE_STAGE, RunDir, package_versions
 from mixprune.stored import stored_model_of
 from mixprune.training import recalibrate_batchnorm, split_accuracies, train
 
@@ -52,7 +53,7 @@ class MixMatchPlan:
     sampled: dict[str, float]  # the strategy's ratios before any shift to --sparsity
     target_sparsity: float | None  # --sparsity, when the ratios were shifted to it
     baselines: tuple[str, ...]  # the matched baselines' ids
-    kind = "mixmatch"
+    axes = Axes(MIXMATCH, UNSTRUCTURED)
 
     @property
     def score(self) -> ScoreFn:
@@ -65,7 +66,8 @@ class MixMatchPlan:
         shifted = {} if self.target_sparsity is None else {
             "sampled": rounded(self.sampled), "target_sparsity": self.target_sparsity}
         matched = {"baselines": list(self.baselines)} if self.baselines else {}
-        return {"signal": self.signal, "strategy": self.strategy, "layers": rounded(self.ratios), **shifted, **matched}
+        return {"signal": self.signal, "strategy": self.strategy, "layers": rounded(self.ratios), **shifted, **matched,
+                "style": SIGNALS.get(self.signal).style.record()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ class BaselinePlan:
     cid: str
     method: str
     sparsity: float
-    kind = "baseline"
+    axes = Axes(BASELINE, UNSTRUCTURED)
 
     @property
     def score(self) -> ScoreFn:
@@ -90,11 +92,12 @@ class BaselinePlan:
         return masklib.layer_masks(scores, {name: self.sparsity for name in scores})
 
     def record(self, masks: dict) -> dict:
+        style = {"style": BASELINES.get(self.method).style.record()}
         if self.strategy == "global":  # the ratio the threshold left in each layer
             return {"signal": self.method, "strategy": self.strategy, "layers": rounded(masklib.mask_ratios(masks)),
-                    "global_target": self.sparsity}
+                    "global_target": self.sparsity, **style}
         return {"signal": self.method, "strategy": self.strategy,
-                "layers": rounded({name: self.sparsity for name in masks})}
+                "layers": rounded({name: self.sparsity for name in masks}), **style}
 
 
 Plan = MixMatchPlan | BaselinePlan
@@ -128,10 +131,6 @@ class Inputs:
 
 def data_spec(config: RunConfig) -> DataSpec:
     return DataSpec(source=config.data, img_size=config.img_size, calib_fraction=config.calib_fraction)
-
-
-def baseline_cid(method: str, sparsity: float) -> str:
-    return f"base-{method}-s{sparsity * 100:.2f}"
 
 
 def prepare(config: RunConfig) -> Inputs:
@@ -231,10 +230,11 @@ def plan_candidates(inputs: Inputs, ranges: dict) -> list[Plan]:
             sampled = STRATEGIES.get(strategy)(inputs.layers, ranges)
             ratios = sampled if cfg.sparsity is None else shift_to_sparsity(sampled, inputs.sizes, cfg.sparsity, frozen)
             sparsity = round(masklib.achieved_sparsity(ratios, inputs.sizes), 4)
-            baselines = [BaselinePlan(cid=baseline_cid(method, sparsity), method=method, sparsity=sparsity)
+            baselines = [BaselinePlan(cid=str(CandidateId.baseline(UNSTRUCTURED, method, sparsity)), method=method,
+                                      sparsity=sparsity)
                          for method in cfg.baselines]
             matched.update({plan.cid: plan for plan in baselines})
-            plans.append(MixMatchPlan(cid=f"mm-{signal}-{strategy}", signal=signal, strategy=strategy, ratios=ratios,
+            plans.append(MixMatchPlan(cid=str(CandidateId.mixmatch(UNSTRUCTURED, signal, strategy)), signal=signal, strategy=strategy, ratios=ratios,
                                       sampled=sampled, target_sparsity=cfg.sparsity,
                                       baselines=tuple(plan.cid for plan in baselines)))
     return plans + [matched[cid] for cid in sorted(matched)]
@@ -283,7 +283,7 @@ class Pruner:
         measured, global_sparsity = masklib.measured_sparsity(params)
         accuracy = measure(inputs, self.recal_set, inputs.model, plan.cid)
         stored = masked.split(numpy_state(inputs.model), numpy_state(self.dense_state), list(masks))
-        strategy = {"cid": plan.cid, "kind": plan.kind, **plan.record(masks), "global_sparsity": round(global_sparsity, 6),
+        strategy = {"cid": plan.cid, **plan.axes.record(), **plan.record(masks), "global_sparsity": round(global_sparsity, 6),
                     "measured": rounded(measured), "rule_table": inputs.table.name}
         evaluation = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
                       "finetune": None}
@@ -419,7 +419,7 @@ def _run_prune(config: RunConfig, resume: bool, executor: Executor) -> dict:
     splits, run = inputs.splits, inputs.run
     say(f"data: {len(splits.train)} training images, {len(splits.tune)} tune images (every choice; one image = "
         f"{100 / len(splits.tune):.2f} accuracy points), {len(splits.val)} held-out images (reported)")
-    run.set_stage("prune", "running")
+    run.set_stage(PRUNE_STAGE, "running")
 
     def lap(name):
         nonlocal start
@@ -466,5 +466,5 @@ def _run_prune(config: RunConfig, resume: bool, executor: Executor) -> dict:
         "best": min(methods, key=lambda p: (-selection_accuracy(evals[p.cid]), p.cid)).cid,
         **({"structured_mode": structured} if structured else {}),
     }
-    run.set_stage("prune", "done", summary=summary)
+    run.set_stage(PRUNE_STAGE, "done", summary=summary)
     return summary

@@ -25,11 +25,11 @@ from mixprune.errors import CutError
 from mixprune.executors import Executor, TaskFailure
 from mixprune.models import numpy_state
 from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import STRUCTURED_PREFIX
+from mixprune.candidates import BASELINE, MIXMATCH, STRUCTURED, Axes, CandidateId
 
 from .cut import IMPORTANCES, Blueprint, GroupScores, cut_model, score_groups
 from .roles import Layer, discover_layers
-from .scores import STRUCTURED_BASELINES
+from .scores import SIGNALS, STRUCTURED_BASELINES
 from .signals import accumulate_gradients
 from .strategies import STRATEGIES, rounded
 from .structured import (baseline_ratios, cut_ratios, cuttable_layers, describe_cut, macs_reduction, shift_to_macs,
@@ -42,10 +42,6 @@ if TYPE_CHECKING:
 Measure = Callable[[torch.nn.Module, str], dict]  # (model, label) -> eval.json's accuracies
 
 
-def baseline_cid(method: str, reduction: float) -> str:
-    return f"{STRUCTURED_PREFIX}base-{method}-m{reduction * 100:.2f}"
-
-
 @dataclasses.dataclass(frozen=True)
 class CutPlan:
     """One strategy of one signal, structured: a fraction of output channels to remove per layer."""
@@ -56,7 +52,7 @@ class CutPlan:
     sampled: dict[str, float]  # the strategy's ratios before any shift to --macs-reduction
     target: float | None  # --macs-reduction, when the ratios were shifted to it
     baselines: tuple[str, ...]
-    kind = "structured"
+    axes = Axes(MIXMATCH, STRUCTURED)
 
     @property
     def importance(self) -> str:
@@ -65,7 +61,7 @@ class CutPlan:
     def record(self) -> dict:
         shifted = {} if self.target is None else {"sampled": rounded(self.sampled), "target_macs_reduction": self.target}
         return {"signal": self.signal, "strategy": self.strategy, "layers": rounded(self.ratios), **shifted,
-                "baselines": list(self.baselines)}
+                "baselines": list(self.baselines), "style": SIGNALS.get(self.signal).style.record(structured=True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +71,7 @@ class CutBaselinePlan:
     method: str
     target: float
     ratios: dict[str, float]
-    kind = "baseline"
+    axes = Axes(BASELINE, STRUCTURED)
 
     @property
     def importance(self) -> str:
@@ -83,7 +79,8 @@ class CutBaselinePlan:
 
     def record(self) -> dict:
         return {"signal": self.method, "strategy": STRUCTURED_BASELINES.get(self.method).strategy,
-                "layers": rounded(self.ratios), "global_target_macs_reduction": self.target}
+                "layers": rounded(self.ratios), "global_target_macs_reduction": self.target,
+                "style": STRUCTURED_BASELINES.get(self.method).style.record(structured=True)}
 
 
 StructuredPlan = CutPlan | CutBaselinePlan
@@ -139,7 +136,7 @@ def plan_structured(inputs: Inputs, phase: Structured) -> tuple[list[StructuredP
             ratios = sampled if cfg.macs_reduction is None else shift_to_macs(
                 blueprint, sampled, cfg.macs_reduction, round_to=cfg.round_to)
         except CutError as exc:
-            failures.update({f"{STRUCTURED_PREFIX}{s}-{strategy}": str(exc) for s in cfg.signals})
+            failures.update({str(CandidateId.mixmatch(STRUCTURED, s, strategy)): str(exc) for s in cfg.signals})
             continue
         reached = cfg.macs_reduction if cfg.macs_reduction is not None else \
             round(macs_reduction(blueprint, ratios, cfg.round_to), 4)
@@ -149,11 +146,11 @@ def plan_structured(inputs: Inputs, phase: Structured) -> tuple[list[StructuredP
         for strategy, (sampled, ratios, reached) in per_strategy.items():
             ids = []
             for method in cfg.structured_baselines:
-                cid = baseline_cid(method, reached)
+                cid = str(CandidateId.baseline(STRUCTURED, method, reached))
                 ids.append(cid)
                 if cid not in matched:
                     matched[cid] = (method, reached)
-            plans.append(CutPlan(cid=f"{STRUCTURED_PREFIX}{signal}-{strategy}", signal=signal, strategy=strategy,
+            plans.append(CutPlan(cid=str(CandidateId.mixmatch(STRUCTURED, signal, strategy)), signal=signal, strategy=strategy,
                                  ratios=ratios, sampled=sampled, target=cfg.macs_reduction, baselines=tuple(ids)))
     for cid in sorted(matched):
         method, reached = matched[cid]
@@ -190,7 +187,7 @@ class Cutter:
         prunable = [layer.name for layer in inputs.layers]
         removed = 1 - sum(after[n] for n in prunable) / sum(before[n] for n in prunable)
         strategy = {
-            "cid": plan.cid, "kind": plan.kind, "mode": "structured", **plan.record(),
+            "cid": plan.cid, **plan.axes.record(), "mode": plan.axes.family, **plan.record(),
             "global_sparsity": round(removed, 6),  # the share of the dense model's prunable weights cut away
             "measured": rounded({n: 1 - after[n] / before[n] for n in prunable}), "round_to": cfg.round_to,
             "rule_table": inputs.table.name, **described}

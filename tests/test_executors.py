@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mixprune.candidates import CandidateId
+
 from tests.helpers import cli, heavy_imports, load
 
 QUICK_PRUNE = ["--model", "test_resnet", "--img-size", "16", "--train-epochs", "1", "--signals", "magnitude",
@@ -101,7 +103,7 @@ def test_ray_gives_the_same_candidates_as_local(local_run, ray_instance, tmp_pat
     local, remote = _records(local_run), _records(out)
     # 10 Mix-and-Match + 10 matched baselines, 10 structured + 1 structured baseline at their MACs
     assert sorted(local) == sorted(remote) and len(local) == 31
-    assert sum(cid.startswith("st-") for cid in local) == 11
+    assert sum(CandidateId.parse(cid).family == "structured" for cid in local) == 11
     finetuned = [cid for cid, r in local.items() if r["eval.json"]["accuracy_finetuned"] is not None]
     assert len(finetuned) == 4  # per family the best Mix-and-Match candidate and its matched baseline
     for cid in local:  # field by field: accuracies, ratios, sparsity and the weights digest
@@ -223,7 +225,8 @@ def test_a_whole_run_on_ray_makes_the_same_models_and_the_same_choice(ray_instan
     assert _records(local) == _records(remote)
     models = sorted(p.parent.name for p in local.glob("candidates/*/export.json"))
     assert models == sorted(p.parent.name for p in remote.glob("candidates/*/export.json"))
-    assert any("+" in m for m in models) and any(m.startswith("st-") for m in models)
+    assert any(CandidateId.parse(m).is_variant for m in models)
+    assert any(CandidateId.parse(m).family == "structured" for m in models)
     assert _exported(local, ["dense", *models]) == _exported(remote, ["dense", *models])
     assert _ranked(local) == _ranked(remote)
     chosen = load(remote / "run.json")["stages"]["run"]["chosen"]

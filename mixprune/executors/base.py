@@ -1,7 +1,7 @@
 """The executor interface and its registry.
 
-A stage hands an executor one function, the work every task shares (``Shared``: put into the
-object store once per run, not once per task) and the items; ``map`` yields (item, result) as
+A stage hands an executor one function, the work every task shares (a frozen dataclass of the
+stage's, e.g. ``pruning.tasks.StageWork``: put into the object store once per run, not once per task) and the items; ``map`` yields (item, result) as
 each task finishes, in whatever order. Tasks return records and small tensors, never the run
 directory's files: the driver writes those. A task that cannot do its item for a reason of its
 own (a model that cannot be cut, exported or quantized) returns a ``TaskFailure``: the stage

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from devices_helpers import conv_model, free_port, multi_input_model, need
+from tests.devices.devices_helpers import conv_model, free_port, multi_input_model, need
 
 from tests import helpers
 

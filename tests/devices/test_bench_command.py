@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from devices_helpers import conv_model, unsupported_op_model, write_profile
+from tests.devices.devices_helpers import conv_model, unsupported_op_model, write_profile
 
 from mixprune.benchmarks.records import REQUIRED_KEYS, UNSTRUCTURED_NOTE, make_record
 from mixprune.devices.fields import MB
@@ -84,36 +84,40 @@ def exported_with_dynamic_batch(path):
 def test_run_dir_benches_every_exported_model_in_its_own_process(tmp_path, box, cli):
     run = make_run_dir(tmp_path / "run", {
         "dense": lambda p: conv_model(p, batch=1, extra_weight_mb=24),
-        "c01": exported_with_dynamic_batch,
-        "c02": None,
+        "mm-magnitude-c01": exported_with_dynamic_batch,
+        "mm-magnitude-c02": None,
     })
     result = cli("bench", run, "--device", box, "--json")
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
-    assert records["c01"]["inputs"]["x"]["shape"] == [1, 3, 16, 16]  # batch 1 from export.json
-    assert sorted(records) == ["c01", "dense"]
-    for cid, d in (("dense", run / "dense"), ("c01", run / "candidates" / "c01")):
+    assert records["mm-magnitude-c01"]["inputs"]["x"]["shape"] == [1, 3, 16, 16]  # batch 1 from export.json
+    assert sorted(records) == ["dense", "mm-magnitude-c01"]
+    for cid, d in (("dense", run / "dense"), ("mm-magnitude-c01", run / "candidates" / "mm-magnitude-c01")):
         on_disk = json.loads((d / "bench" / "testbox.json").read_text())
         assert on_disk == records[cid] and on_disk["candidate"] == cid
-    assert not (run / "candidates" / "c02" / "bench").exists()
-    assert records["c01"]["note"] == UNSTRUCTURED_NOTE and "note" not in records["dense"]
+    assert not (run / "candidates" / "mm-magnitude-c02" / "bench").exists()
+    # the bench records its own status in run.json, as prune and export do (not only under `mixprune run`)
+    status = json.loads((run / "run.json").read_text())["stages"]["bench:testbox"]
+    assert status["status"] == "done" and status["bench_id"] == records["dense"]["bench_id"]
+    assert status["models"] == ["dense", "mm-magnitude-c01"] and status["done_at"] >= status["running_at"]
+    assert records["mm-magnitude-c01"]["note"] == UNSTRUCTURED_NOTE and "note" not in records["dense"]
     # one fresh process per model: the small candidate does not carry the dense model's 24 MB
-    assert records["dense"]["peak_rss_mb"] - records["c01"]["peak_rss_mb"] > 18
+    assert records["dense"]["peak_rss_mb"] - records["mm-magnitude-c01"]["peak_rss_mb"] > 18
     table = cli("bench", run, "--device", box).stdout
-    assert table.splitlines()[0].split()[:3] == ["model", "p50", "ms"] and "c01" in table
+    assert table.splitlines()[0].split()[:3] == ["model", "p50", "ms"] and "mm-magnitude-c01" in table
 
 
 def test_run_dir_failure_keeps_finished_records_and_writes_no_partial_one(tmp_path, box, cli):
-    run = make_run_dir(tmp_path / "run", {"dense": lambda p: conv_model(p, batch=1), "c01": unsupported_op_model})
+    run = make_run_dir(tmp_path / "run", {"dense": lambda p: conv_model(p, batch=1), "mm-magnitude-c01": unsupported_op_model})
     result = cli("bench", run, "--device", box)
     assert result.exit_code == 2 and "onnxruntime refused model.onnx" in result.stderr
     assert (run / "dense" / "bench" / "testbox.json").is_file()
-    assert not (run / "candidates" / "c01" / "bench").exists() or not any((run / "candidates" / "c01" / "bench").iterdir())
+    assert not (run / "candidates" / "mm-magnitude-c01" / "bench").exists() or not any((run / "candidates" / "mm-magnitude-c01" / "bench").iterdir())
     assert not list(run.rglob("*.tmp"))
 
 
 def test_run_dir_without_exported_models(tmp_path, box, cli):
-    run = make_run_dir(tmp_path / "run", {"c01": None})
+    run = make_run_dir(tmp_path / "run", {"mm-magnitude-c01": None})
     result = cli("bench", run, "--device", box)
     assert result.exit_code == 2 and "mixprune export" in result.stderr
 

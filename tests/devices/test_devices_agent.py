@@ -13,7 +13,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 import pytest
-from devices_helpers import DIM, conv_model, embedding_table, unsupported_op_model
+from tests.devices.devices_helpers import DIM, conv_model, embedding_table, unsupported_op_model
 
 from mixprune.devices.fields import MB
 from mixprune.devices.runners import AGENT

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from devices_helpers import DIM, need, write_profile
+from tests.devices.devices_helpers import DIM, need, write_profile
 
 from mixprune.devices.runners.emulated import SETUP_SCRIPT, default_rootfs
 
@@ -57,18 +57,18 @@ def test_every_int8_variant_runs_on_emulated_arm64_and_never_decides(tmp_path, c
     rootfs = Path(default_rootfs())
     need(shutil.which("qemu-aarch64-static") is not None, "qemu-aarch64-static")
     need((rootfs / "usr/bin/python3").is_file(), f"the arm64 rootfs at {rootfs} (devices/emulation/setup_rootfs.sh)")
-    run = make_run(tmp_path / "run", SPECS["resnet"], {"p90": 0.9})
-    add_cut_candidate(RunDir(run), SPECS["resnet"], "st-cut")
+    run = make_run(tmp_path / "run", SPECS["resnet"], {"mm-magnitude-p90": 0.9})
+    add_cut_candidate(RunDir(run), SPECS["resnet"], "st-magnitude-cut")
     stage.export_run(run, [], stage.ExportOptions(parity_samples=32, quantize="auto"))
     folders = RunDir(run)
     folders.set_stage("prune", "done")
-    for model in (folders.dense, folders.candidate("p90"), folders.candidate("st-cut")):  # as prune writes them
+    for model in (folders.dense, folders.candidate("mm-magnitude-p90"), folders.candidate("st-magnitude-cut")):  # as prune writes them
         model.write_eval({"accuracy": 0.1, "tune_accuracy": 0.1, "accuracy_finetuned": None,
                           "tune_accuracy_finetuned": None})
     result = cli("bench", run, "--device", "arm64-qemu", "--runs", 4, "--warmup", 1, "--json")
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
-    assert sorted(records) == sorted(f"{m}{s}" for m in ("dense", "p90", "st-cut") for s in ("", "+int8", "+int8u"))
+    assert sorted(records) == sorted(f"{m}{s}" for m in ("dense", "mm-magnitude-p90", "st-magnitude-cut") for s in ("", "+int8", "+int8u"))
     for cid, r in records.items():
         assert r["emulated"] is True and r["machine"] == "aarch64", cid
         assert r["interleaved"]["reference"] == "dense" and r["interleaved"]["ratio_to_reference"]["median"] > 0

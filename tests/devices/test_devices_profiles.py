@@ -15,7 +15,7 @@ from mixprune.errors import DeviceError
 
 from tests.helpers import heavy_imports
 
-from devices_helpers import write_profile
+from tests.devices.devices_helpers import write_profile
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 
-from devices_helpers import DIM, free_port, ssh_runner_section, write_profile
+from tests.devices.devices_helpers import DIM, free_port, ssh_runner_section, write_profile
 
 
 def leftovers(sshd):
@@ -82,16 +82,16 @@ def test_device_python_without_onnxruntime(tmp_path, sshd, conv, cli):
 
 
 def test_run_dir_models_are_timed_interleaved_on_the_device(tmp_path, sshd, cli):
-    from devices_helpers import conv_model
+    from tests.devices.devices_helpers import conv_model
     from test_bench_command import make_run_dir
 
     run = make_run_dir(tmp_path / "run", {"dense": lambda p: conv_model(p, channels=64, batch=1),
-                                          "c01": lambda p: conv_model(p, channels=4, batch=1)})
+                                          "mm-magnitude-c01": lambda p: conv_model(p, channels=4, batch=1)})
     result = cli("bench", run, "--device", profile(tmp_path, sshd), "--runs", 8, "--json")
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
-    block = records["c01"]["interleaved"]
-    assert block["group"] == ["dense", "c01"] and block["rounds"] == 20 and block["runs_per_round"] == 1
-    assert block["bench_id"] == records["dense"]["interleaved"]["bench_id"] == records["c01"]["bench_id"]
+    block = records["mm-magnitude-c01"]["interleaved"]
+    assert block["group"] == ["dense", "mm-magnitude-c01"] and block["rounds"] == 20 and block["runs_per_round"] == 1
+    assert block["bench_id"] == records["dense"]["interleaved"]["bench_id"] == records["mm-magnitude-c01"]["bench_id"]
     assert 0 < block["ratio_to_reference"]["median"] < 1  # 16x less work than dense, timed on the device
     assert leftovers(sshd) == []

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from devices_helpers import conv_model, write_profile
+from tests.devices.devices_helpers import conv_model, write_profile
 
 from mixprune.benchmarks import paired
 from mixprune.devices.runners import AGENT
@@ -93,17 +93,17 @@ def test_run_dir_models_are_timed_interleaved_with_dense(tmp_path, cli):
     box = write_profile(tmp_path / "box.toml", benchmark="warmup = 1\nruns = 12\nrounds = 4\ninterleave_models = 2\n")
     run = make_run_dir(tmp_path / "run", {
         "dense": lambda p: conv_model(p, channels=128, batch=1),
-        "c01": lambda p: conv_model(p, channels=4, batch=1),
-        "c02": lambda p: conv_model(p, channels=128, batch=1),
+        "mm-magnitude-c01": lambda p: conv_model(p, channels=4, batch=1),
+        "mm-magnitude-c02": lambda p: conv_model(p, channels=128, batch=1),
     })
     result = cli("bench", run, "--device", box, "--json")
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
     blocks = {cid: r["interleaved"] for cid, r in records.items()}
     assert len({b["bench_id"] for b in blocks.values()} | {r["bench_id"] for r in records.values()}) == 1
-    assert blocks["c01"]["group"] == ["dense", "c01"] and blocks["c02"]["group"] == ["dense", "c02"]  # 2 per process
+    assert blocks["mm-magnitude-c01"]["group"] == ["dense", "mm-magnitude-c01"] and blocks["mm-magnitude-c02"]["group"] == ["dense", "mm-magnitude-c02"]  # 2 per process
     assert all(b["rounds"] == 4 and b["runs_per_round"] == 3 and b["reference"] == "dense" for b in blocks.values())
-    assert blocks["c01"]["processes"] == 3 and blocks["dense"]["processes"] == 6  # the default; dense in both groups
-    assert blocks["c01"]["ratio_to_reference"]["median"] < 0.5  # 32x less work than dense
-    on_disk = json.loads((run / "candidates" / "c02" / "bench" / "testbox.json").read_text())
-    assert on_disk["interleaved"] == blocks["c02"] and on_disk["latency_ms"] == records["c02"]["latency_ms"]
+    assert blocks["mm-magnitude-c01"]["processes"] == 3 and blocks["dense"]["processes"] == 6  # the default; dense in both groups
+    assert blocks["mm-magnitude-c01"]["ratio_to_reference"]["median"] < 0.5  # 32x less work than dense
+    on_disk = json.loads((run / "candidates" / "mm-magnitude-c02" / "bench" / "testbox.json").read_text())
+    assert on_disk["interleaved"] == blocks["mm-magnitude-c02"] and on_disk["latency_ms"] == records["mm-magnitude-c02"]["latency_ms"]

@@ -206,9 +206,9 @@ def test_a_lost_zero_next_to_an_all_zero_tensor_is_reported_as_lost():
 
 # --- the record in export.json ----------------------------------------------------------------
 def test_export_json_says_how_zeros_are_counted(build_run):
-    run = build_run("vit", {"zero": 1.0})  # every prunable weight zero: the exporter folds them
-    stage.export_run(run, ["zero"], stage.ExportOptions(parity_samples=16))
-    folder = run / "candidates" / "zero"
+    run = build_run("vit", {"base-mag-s100.00": 1.0})  # every prunable weight zero: the exporter folds them
+    stage.export_run(run, ["base-mag-s100.00"], stage.ExportOptions(parity_samples=16))
+    folder = run / "candidates" / "base-mag-s100.00"
     rec = json.loads((folder / "export.json").read_text())
     proto = onnx.load(str(folder / "model.onnx"))
     tensors = onnx_tensors(proto)

@@ -52,7 +52,7 @@ def test_the_stacked_int8_variant_of_a_cut_candidate(structured_run):
 def test_weights_that_do_not_fit_their_cut_are_one_clear_line(structured_run, tmp_path):
     spec, run, cut_net, _ = structured_run
     folder = run.candidate(CID)
-    other = run.candidate("st-other")
+    other = run.candidate("st-magnitude-other")
     state = numpy_state(cut_net)
     state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"][:2]
     other.save_state(folder.read_cut(), state)

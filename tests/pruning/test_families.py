@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from mixprune.candidates import CandidateId
+
 from tests.helpers import check_contract, cli, prune
 
 FAMILY_ARGS = {
@@ -59,7 +61,7 @@ def test_family_in_structured_mode_is_cut_or_says_why(tmp_path, model):
     run = RunDir(tmp_path / "run")
     spec = ModelSpec.from_dict(run.load()["model"])
     dense_params = sum(p.numel() for p in build_model(spec).parameters())
-    cids = [cid for cid in run.candidate_ids() if cid.startswith("st-")]
+    cids = [cid for cid in run.candidate_ids() if CandidateId.parse(cid).family == "structured"]
     assert len(cids) == 11, cids  # 10 strategies and the global magnitude baseline at their MACs
     x = torch.zeros(2, *spec.input_shape[1:])
     for cid in cids:

@@ -42,7 +42,7 @@ def test_split_and_join_edge_cases(tmp_path):
     full.update(w=w, all_pruned=np.zeros((3, 3), np.float32), steps=np.array(9, dtype=np.int64))
     pruned = ["w", "all_kept", "all_pruned"]
     run = _dense_and_run(tmp_path, dense)
-    folder = run.candidate("c")
+    folder = run.candidate("mm-magnitude-c")
     folder.save_state(full, pruned)
     assert not folder.values_file.exists()  # kept values are the dense ones
     assert set(load_file(str(folder.state_file))) == {"steps"}  # 0-d kept as 0-d, unchanged bias not stored
@@ -68,7 +68,7 @@ def test_a_half_written_candidate_is_detected(tmp_path):
     rng = np.random.default_rng(1)
     dense = {"w": rng.standard_normal((6, 6)).astype(np.float32)}
     run = _dense_and_run(tmp_path, dense)
-    folder = run.candidate("c")
+    folder = run.candidate("mm-magnitude-c")
     half = {"w": np.where(np.abs(dense["w"]) > 0.5, dense["w"], 0).astype(np.float32)}
     folder.save_state(half, ["w"])
     masks = folder.masks_file.read_bytes()
@@ -85,7 +85,7 @@ run = RunDir(sys.argv[1])
 dense = {"w": np.arange(12, dtype=np.float32).reshape(3, 4) - 5, "b": np.ones(3, np.float32)}
 run.dense.save_state(dense)
 tuned = {"w": np.where(dense["w"] > 0, dense["w"] * 2, 0).astype(np.float32), "b": dense["b"] * 3}
-print(run.candidate("c").save_state(tuned, ["w"]))
+print(run.candidate("mm-magnitude-c").save_state(tuned, ["w"]))
 """
 
 
@@ -110,7 +110,7 @@ def test_an_unexported_resnet18_candidate_costs_at_most_2_mb(tmp_path):
     for name in full:
         if name.endswith(("running_mean", "running_var")):
             full[name] = full[name] + 0.01
-    folder = run.candidate("c")
+    folder = run.candidate("mm-magnitude-c")
     folder.save_state(full, names)
     size = sum(p.stat().st_size for p in folder.path.iterdir())
     assert size <= 2 * 2**20, size

@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from mixprune.candidates import CandidateId
+
 from tests.helpers import cli, load, prune
 
 TARGET = 0.5
@@ -20,8 +22,8 @@ def both_run(tmp_path_factory):
                  "--finetune-top", "1", "--img-size", "16", "--round-to", "4")
 
 
-def _records(run, prefix="st-"):
-    folders = sorted(p for p in (run / "candidates").iterdir() if p.name.startswith(prefix))
+def _records(run, family="structured"):
+    folders = sorted(p for p in (run / "candidates").iterdir() if CandidateId.parse(p.name).family == family)
     return {p.name: {"strategy": load(p / "strategy.json"), "eval": load(p / "eval.json")} for p in folders}
 
 
@@ -64,7 +66,7 @@ def test_structured_candidates_are_cut_to_the_common_macs_and_stored_as_cut_plus
 def test_the_two_families_side_by_side_each_with_its_best_finetuned(both_run):
     summary = load(both_run / "run.json")["stages"]["prune"]["summary"]
     assert (summary["mode"], summary["mixmatch"], summary["structured"]) == ("both", 20, 20)
-    records = {**_records(both_run, "mm-"), **_records(both_run, "st-"), **_records(both_run, "base-")}
+    records = {**_records(both_run, "unstructured"), **_records(both_run, "structured")}
     tuned = {cid for cid, r in records.items() if r["eval"]["accuracy_finetuned"] is not None}
     expected = set()
     for kind in ("mixmatch", "structured"):

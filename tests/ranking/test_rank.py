@@ -9,6 +9,7 @@ from html import escape
 import pytest
 
 from mixprune import ranking as rk
+from mixprune.candidates import Axes, CandidateId
 from mixprune.config import QUICK_DEFAULTS
 
 from tests.helpers import cli, heavy_imports, load
@@ -31,12 +32,14 @@ def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run
     assert kinds == {"mixmatch", "baseline", "structured", "int8"}
     for row in ranking["candidates"]:
         strategy = load(quick_run / "candidates" / row["cid"] / "strategy.json")
-        assert row["mode"] == ("structured" if row["cid"].startswith("st-") else "unstructured"), row["cid"]
+        assert row["mode"] == row["family"] == CandidateId.parse(row["cid"]).family == strategy["family"], row["cid"]
         assert row["macs_reduction"] == strategy.get("macs_reduction"), row["cid"]
         assert (row["macs_reduction"] is not None) == (row["mode"] == "structured"), row["cid"]
-    exported = {p.parent.name for p in (quick_run / "candidates").glob("*/export.json") if "+" not in p.parent.name}
-    variants = {r["cid"] for r in ranking["candidates"] if r["kind"] == "int8"}
-    assert variants == {f"{m}{s}" for m in exported | {"dense"} for s in ("+int8", "+int8u")}  # run quantizes: auto
+    exported = {p.parent.name for p in (quick_run / "candidates").glob("*/export.json")
+                if not CandidateId.parse(p.parent.name).is_variant}
+    variants = {r["cid"] for r in ranking["candidates"] if r["kernels"] == "int8"}
+    assert variants == {str(CandidateId.parse(m).with_variant(s)) for m in exported | {"dense"}
+                        for s in ("int8", "int8u")}  # run quantizes: auto
     for row in ranking["candidates"]:
         folder = quick_run / "candidates" / row["cid"]
         record = load(folder / "eval.json")
@@ -58,37 +61,28 @@ def test_every_candidate_is_listed_with_reasons_that_match_the_records(quick_run
     # `run --quick` exported the export_top most accurate candidates of each family within the drop
     for mode in ("unstructured", "structured"):
         passing = sorted((r for r in ranking["candidates"] if not any("accuracy" in x for x in r["reasons"])
-                          and r["kind"] != "int8" and r["mode"] == mode), key=lambda r: (-r["tune_accuracy"], r["cid"]))
+                          and r["format"] == "fp32" and r["family"] == mode), key=lambda r: (-r["tune_accuracy"], r["cid"]))
         fp32_eligible = [r["cid"] for r in ranking["candidates"]
-                         if r["eligible"] and r["kind"] != "int8" and r["mode"] == mode]
+                         if r["eligible"] and r["format"] == "fp32" and r["family"] == mode]
         assert sorted(fp32_eligible) == sorted(r["cid"] for r in passing[: QUICK_DEFAULTS["export_top"]]), mode
 
 
-def test_choice_is_the_most_accurate_of_the_speed_ties_and_the_speed_note_says_so(quick_run, run_copy):
+def test_the_choice_is_rank_one_and_the_speed_note_says_so(quick_run, run_copy):
+    """The choice rule itself is checked on synthetic records below, where its one right answer is known;
+    a real run's timings are noise-dependent, so here only what must hold whatever they are."""
     ranking = load(quick_run / "ranking.json")
     eligible = [r for r in ranking["candidates"] if r["eligible"]]
     host = ranking["devices"][0]
     assert host["name"] == "host" and not host["same_speed"] and host["latency_source"] == "interleaved"
-
-    def latency(r):  # fp32 models that differ from dense only in zeros run its kernels: they share one figure
-        same = r["kernels"] == "fp32" and r["mode"] == "unstructured"
-        return host["fp32_shared_p50_ms"] if same else r["devices"]["host"]["p50_ms"]
-
-    fastest = min(latency(r) for r in eligible)
-    tied = [r for r in eligible if latency(r) - fastest <= host["latency_band_ms"]]
-    best = min(tied, key=lambda r: (-r["tune_accuracy"], r["bytes"]["compact"], r["cid"]))
-    assert ranking["chosen"] == best["cid"]
+    assert ranking["candidates"][0]["cid"] == ranking["chosen"] == host["best"] and ranking["candidates"][0]["eligible"]
     assert [r["rank"] for r in ranking["candidates"][: len(eligible)]] == list(range(1, len(eligible) + 1))
+    assert all(r["rank"] is None for r in ranking["candidates"][len(eligible):])
     assert host["chosen_vs_dense"] in ranking["speed_note"] and "interleaved" in ranking["speed_note"]
-    # on the Pareto front, unless what dominates it is beyond the band of the fastest (pairwise noise bands
-    # do not chain: a model within the band of the chosen one can be outside that of the fastest)
-    by_id = {r["cid"]: r for r in eligible}
-    assert ranking["chosen"] in ranking["pareto"] or all(
-        latency(by_id[c]) - fastest > host["latency_band_ms"] for c in ranking["pareto"]
-        if by_id[c]["tune_accuracy"] > best["tune_accuracy"])
+    assert set(ranking["pareto"]) <= {r["cid"] for r in eligible}
     # without the INT8 variants and the cut models, every candidate runs dense's kernels: speed ties by construction
-    for other in {*run_copy.glob("candidates/*+*"), *run_copy.glob("candidates/st-*")}:
-        shutil.rmtree(other)
+    for other in (run_copy / "candidates").iterdir():
+        if CandidateId.parse(other.name).is_variant or CandidateId.parse(other.name).family == "structured":
+            shutil.rmtree(other)
     assert cli("rank", run_copy).exit_code == 0
     fp32_only = load(run_copy / "ranking.json")
     assert fp32_only["devices"][0]["same_speed"] and "not in speed" in fp32_only["speed_note"]
@@ -165,7 +159,7 @@ def test_report_is_self_contained_and_names_the_choice(quick_run):
     html = (quick_run / "report.html").read_text()
     ranking = load(quick_run / "ranking.json")
     assert ranking["chosen"] in html and escape(ranking["devices"][0]["chosen_vs_dense"]) in html
-    assert "<td>int8</td>" in html and "<td>fp32</td>" in html  # each row says which kernels it runs
+    assert "<td>int8-uint8</td>" in html and "<td>fp32</td>" in html  # each row says which kernels it runs
     assert html.count("data:image/png;base64,") >= 4  # sparsity, latency, size, per-layer
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert all(r["cid"] in html for r in ranking["candidates"])
@@ -184,13 +178,16 @@ def _eval(tune_accuracy: float) -> dict:
             "accuracy": 1.0 - tune_accuracy, "accuracy_finetuned": None}
 
 
+UINT8 = Axes("mixmatch", "unstructured", "int8-uint8").record()
+
+
 def _records(tmp_path, rows: dict, mode="structured"):
     """In-memory records: {cid: (tune accuracy, p50, p90, compact bytes)} on one real device."""
     models = {}
     for cid, (acc, p50, p90, size) in rows.items():
         models[cid] = {
-            "strategy": {"kind": "mixmatch", "signal": "magnitude", "strategy": "x", "global_sparsity": 0.5,
-                         "mode": mode, **({"macs_reduction": 0.4} if mode == "structured" else {})},
+            "strategy": {**Axes("mixmatch", mode).record(), "signal": "magnitude", "strategy": "x",
+                         "global_sparsity": 0.5, "mode": mode, **({"macs_reduction": 0.4} if mode == "structured" else {})},
             "eval": _eval(acc),
             "export": {"verified": True, "bytes": {"compact": size}, "storage": "dense"},
             "bench": {"dev": {"latency_ms": {"p50": p50, "p90": p90}, "peak_rss_mb": 50.0, "model_bytes": size,
@@ -275,7 +272,7 @@ def test_int8_variants_are_compared_on_measured_speed_with_fp32_ones_sharing_the
     records = _records(tmp_path, {"a": (0.897, 10.0, 10.1, 100), "b": (0.899, 11.0, 11.1, 100),
                                   "c": (0.896, 10.5, 10.6, 100), "a+int8u": (0.895, 4.0, 4.1, 30)},
                        mode="unstructured")
-    records["models"]["a+int8u"]["strategy"].update(kind="int8", parent="a")
+    records["models"]["a+int8u"]["strategy"].update(**UINT8, parent="a")
     ranking = rk.rank(records, max_drop=1.0)
     assert ranking["chosen"] == "a+int8u" and not ranking["devices"][0]["same_speed"]
     rows = {r["cid"]: r for r in ranking["candidates"]}
@@ -303,7 +300,7 @@ def test_interleaved_latency_decides_with_the_band_of_the_paired_ratios(tmp_path
     """The isolated p50s (drifted: the INT8 one looks slowest) are not what ranks; the paired ratios are."""
     records = _records(tmp_path, {"a": (0.897, 4.0, 4.1, 100), "b": (0.899, 6.0, 6.1, 100),
                                   "a+int8u": (0.895, 12.0, 12.1, 30)}, mode="unstructured")
-    records["models"]["a+int8u"]["strategy"].update(kind="int8", parent="a")
+    records["models"]["a+int8u"]["strategy"].update(**UINT8, parent="a")
     _interleaved(records, {"a": (1.0, 0.99, 1.01), "b": (1.01, 1.0, 1.02), "a+int8u": (0.4, 0.38, 0.42)})
     ranking = rk.rank(records, max_drop=1.0)
     host = ranking["devices"][0]
@@ -315,8 +312,7 @@ def test_interleaved_latency_decides_with_the_band_of_the_paired_ratios(tmp_path
     assert "2.50x the speed of dense" in host["speed_note"] and "beyond the noise band" in host["speed_note"]
     assert host["best"] == "a+int8u" and host["formats"]["fp32"] == {
         "models": 2, "eligible": 2, "faster_than_dense": 0, "median_speedup_vs_dense": 1.0}
-    records["models"]["a+int8u"]["strategy"]["quantization"] = {"activation_type": "uint8"}
-    formats = rk.rank(records, max_drop=1.0)["devices"][0]["formats"]
+    formats = ranking["devices"][0]["formats"]
     assert formats["int8-uint8"]["faster_than_dense"] == 1
     assert formats["int8-uint8"]["median_speedup_vs_dense"] == pytest.approx(2.5)
     fp32 = next(r for r in ranking["candidates"] if r["cid"] == "b")["devices"]["dev"]["vs_dense"]
@@ -337,7 +333,7 @@ def test_interleaved_latency_decides_with_the_band_of_the_paired_ratios(tmp_path
 
 def test_collapsed_int8_variant_is_excluded_with_its_reason_and_failures_are_listed(tmp_path):
     records = _records(tmp_path, {"a": (0.897, 10.0, 10.1, 100), "a+int8": (0.60, 4.0, 4.1, 30)}, mode="unstructured")
-    records["models"]["a+int8"]["strategy"].update(kind="int8", parent="a")
+    records["models"]["a+int8"]["strategy"].update(**Axes("mixmatch", "unstructured", "int8-int8").record(), parent="a")
     records["models"]["a+int8"]["eval"]["agreement_with_parent"] = 0.62
     records["run"]["stages"] = {"export": {"variant_failures": {"a+int8u": "onnxruntime cannot quantize a (NoSuchOp)"}}}
     ranking = rk.rank(records, max_drop=1.0)

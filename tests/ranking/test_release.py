@@ -167,17 +167,56 @@ def test_verify_imports_only_numpy_and_onnxruntime(bundle):
     assert heavy_imports(("torch", "timm", "onnx", "matplotlib", "sklearn"), command=["verify", bundle]) == []
 
 
-def test_an_int8_bundle_says_what_it_is(quick_run, tmp_path):
-    """The card of an INT8 variant names its quantization, its parent and its speed against dense."""
-    out = tmp_path / "int8.tar.gz"
-    result = cli("release", quick_run, "--candidate", "dense+int8u", "--out", out)
+def _bundle_of(run, cid, out):
+    result = cli("release", run, "--candidate", cid, "--out", out)
     assert result.exit_code == 0, result.output
     with tarfile.open(out) as tar:
-        card = tar.extractfile("MODEL_CARD.md").read().decode()
-        manifest = json.loads(tar.extractfile("manifest.json").read())
-    assert manifest["strategy"]["kind"] == "int8" and manifest["strategy"]["quantization"]["activation_type"] == "uint8"
-    assert "static quantization (QDQ, uint8 activations" in card and "of the dense model" in card
-    assert "unstructured" not in card and "agreement with its fp32 parent" in card
-    ratio = manifest["bench"]["host"]["interleaved"]["ratio_to_reference"]
-    assert f"| {1 / ratio['median']:.2f}x (" in card  # the paired speed vs dense, not a figure of its own
-    assert cli("verify", out).exit_code == 0
+        return tar.extractfile("MODEL_CARD.md").read().decode(), json.loads(tar.extractfile("manifest.json").read())
+
+
+def _released(run, method, family, fmt) -> str:
+    """The first exported and benched candidate of ``run`` with these axes (read from strategy.json)."""
+    for folder in sorted((run / "candidates").iterdir()):
+        strategy = load(folder / "strategy.json")
+        if ((strategy["method"], strategy["family"], strategy["format"]) == (method, family, fmt)
+                and (folder / "export.json").is_file() and list((folder / "bench").glob("*.json"))):
+            return folder.name
+    raise AssertionError(f"the quick run has no exported {method} {family} {fmt} model")
+
+
+@pytest.mark.parametrize("method, family, fmt", [
+    ("mixmatch", "unstructured", "fp32"), ("mixmatch", "unstructured", "int8-uint8"),
+    ("mixmatch", "structured", "fp32"), ("mixmatch", "structured", "int8-uint8"),
+    ("baseline", "structured", "int8-int8"), ("dense", "unstructured", "int8-uint8")])
+def test_the_model_card_says_what_the_model_is(quick_run, tmp_path, method, family, fmt):
+    """Each family x format gets its own sentence: zeros for the unstructured family (kept in the int8
+    weights of its INT8 variants), channels and MACs cut for the structured one, never the other's words."""
+    cid = _released(quick_run, method, family, fmt)
+    card, manifest = _bundle_of(quick_run, cid, tmp_path / "b.tar.gz")
+    strategy, export = load(quick_run / "candidates" / cid / "strategy.json"), manifest["model"]
+    assert (manifest["strategy"]["method"], manifest["strategy"]["family"], manifest["strategy"]["format"]) == \
+        (method, family, fmt)
+    what = card.splitlines()[2]
+    share = f"{strategy['global_sparsity'] * 100:.1f}% of the prunable weights"
+    int8_zeros = f"{export['zeros_onnx'] / export['prunable_params'] * 100:.1f}%"
+    if method == "dense":
+        assert "of the dense model" in what and "pruned" not in what and share not in what
+    elif family == "unstructured":
+        assert f"{share} zeroed (unstructured sparsity)" in what and "cut away" not in what
+    else:
+        assert f"{share} and {strategy['macs_reduction'] * 100:.1f}% of the MACs cut away as whole channels" in what
+        assert "unstructured" not in what and "zeros are kept" not in what
+    if fmt == "fp32":
+        assert "INT8" not in what and what.endswith("fp32.")
+        assert ("not the model faster" in what) == (family == "unstructured")
+    else:
+        activation = fmt.removeprefix("int8-")
+        assert f"static quantization (QDQ, {activation} activations" in what and f"of {strategy['parent']}" in what \
+            if method != "dense" else f"static quantization (QDQ, {activation} activations" in what
+        kept = f"The parent's zeros are kept in the int8 weights: {int8_zeros} of them are zero."
+        assert (kept in what) == (family == "unstructured" and method != "dense")
+        assert int8_zeros in what
+        assert "agreement with its fp32 parent" in card
+        ratio = manifest["bench"]["host"]["interleaved"]["ratio_to_reference"]
+        assert f"| {1 / ratio['median']:.2f}x (" in card  # the paired speed vs dense, not a figure of its own
+    assert cli("verify", tmp_path / "b.tar.gz").exit_code == 0

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from mixprune.candidates import CandidateId
 from mixprune.config import QUICK_DEFAULTS, RUN_DEFAULTS, RunConfig, run_presets
 
 from tests.helpers import cli, load
@@ -28,16 +29,18 @@ def test_run_wrote_every_stage_and_printed_where(quick_run):
     # and quantized each of them (--quantize auto: two INT8 variants each)
     exported = sorted(p.parent.name for p in quick_run.glob("*/*/export.json")) + \
         (["dense"] if (quick_run / "dense" / "export.json").exists() else [])
-    fp32 = [m for m in exported if "+" not in m]
+    fp32 = [m for m in exported if not CandidateId.parse(m).is_variant]
     # per family (`run` defaults to --mode both): the export_top best of each
-    for family in (lambda m: m.startswith("mm-") or m.startswith("base-"), lambda m: m.startswith("st-")):
-        assert len([m for m in fp32 if family(m)]) == QUICK_DEFAULTS["export_top"], fp32
+    for family in ("unstructured", "structured"):
+        made = [m for m in fp32 if m != "dense" and CandidateId.parse(m).family == family]
+        assert len(made) == QUICK_DEFAULTS["export_top"], fp32
     assert len(fp32) == 1 + 2 * QUICK_DEFAULTS["export_top"]
     formats = ranking["devices"][0]["formats"]
     assert set(formats) == {f"{family}{kernels}" for family in ("", "structured ")
                             for kernels in ("fp32", "int8-int8", "int8-uint8")}
     assert formats["structured int8-uint8"]["models"] == QUICK_DEFAULTS["export_top"]
-    assert sorted(exported) == sorted(fp32 + [m + s for m in fp32 for s in ("+int8", "+int8u")])
+    assert sorted(exported) == sorted(fp32 + [str(CandidateId.parse(m).with_variant(s)) for m in fp32
+                                              for s in ("int8", "int8u")])
 
 
 def test_the_run_directory_stays_lean(quick_run):
@@ -46,14 +49,14 @@ def test_the_run_directory_stays_lean(quick_run):
     assert not (quick_run / "calibration").exists()
     for folder in (quick_run / "candidates").iterdir():
         assert not (folder / "weights.safetensors").exists(), folder.name
-        if "+" in folder.name:  # an INT8 variant: its ONNX file and records, no torch weights
-            parent = folder.parent / folder.name.split("+")[0] if not folder.name.startswith("dense+") \
-                else quick_run / "dense"
+        cid = CandidateId.parse(folder.name)
+        if cid.is_variant:  # an INT8 variant: its ONNX file and records, no torch weights
+            parent = quick_run / "dense" if cid.method == "dense" else folder.parent / str(cid.parent)
             assert not list(folder.glob("*.safetensors")), folder.name
             assert (folder / "model.onnx").stat().st_size < (parent / "model.onnx").stat().st_size / 2
             continue
         finetuned = load(folder / "eval.json")["accuracy_finetuned"] is not None
-        if folder.name.startswith("st-"):  # a cut: its record and the tensors that differ from the replayed cut
+        if cid.family == "structured":  # a cut: its record and the tensors that differ from the replayed cut
             stored = (folder / "state.safetensors").stat().st_size
             assert (folder / "cut.json").is_file() and not (folder / "masks.safetensors").exists(), folder.name
             assert finetuned or stored < dense / 50, (folder.name, stored, dense)  # re-estimated BN statistics
