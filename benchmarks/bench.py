@@ -11,8 +11,8 @@ from pathlib import Path
 from mixprune.candidates import UNSTRUCTURED, Axes
 from mixprune.devices.profiles import Profile
 from mixprune.errors import BenchmarkError, RunDirError
-from mixprune.executors import Executor, device_resource, given_or_local
-from mixprune.progress import Counter, progress_bar, say
+from mixprune.executors import Executor, device_resource, given_or_local, run_tasks
+from mixprune.progress import say
 from mixprune.runs import DENSE, ModelDir, RunDir, bench_stage
 
 from . import paired
@@ -57,7 +57,7 @@ def bench_model(path: str | os.PathLike, profile: Profile, config: dict, executo
     check_onnx_file(path)
     with given_or_local(executor) as executor:
         work = BenchWork(profile, {path.stem: (path.name, path.read_bytes())})
-        [(_, raw)] = _on_device(executor, work, [BenchJob((path.stem,), config)])
+        [(_, raw)] = executor.map(bench_task, work, [BenchJob((path.stem,), config)], resources=_device(work))
     return make_record(raw, profile, str(path))
 
 
@@ -108,9 +108,15 @@ def bench_task(work: BenchWork, job: BenchJob) -> dict:
         return runner.run(paths[0], job.config) if len(paths) == 1 else runner.interleave(paths, job.config)
 
 
-def _on_device(executor: Executor, work: BenchWork, jobs: list[BenchJob]):
-    """(job, the agent's raw record) as each job's task, holding the device, finishes."""
-    return executor.map(bench_task, work, jobs, resources={device_resource(work.profile.name): 1})
+def _device(work: BenchWork) -> dict[str, float]:
+    """What a bench task holds while it runs: the device, so two never time it at once."""
+    return {device_resource(work.profile.name): 1}
+
+
+def _on_device(executor: Executor, work: BenchWork, jobs: list[BenchJob], **loop) -> None:
+    """Every job's agent process as a task holding the device, through the one driver loop
+    (``loop``: its title, name, store and note)."""
+    run_tasks(executor, bench_task, work, jobs, resources=_device(work), **loop)
 
 
 def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict, executor: Executor | None = None) -> dict[str, dict]:
@@ -137,21 +143,22 @@ def bench_run_dir(root: str | os.PathLike, profile: Profile, config: dict, execu
     run.set_stage(bench_stage(profile.name), "running", bench_id=bench_id)
     with given_or_local(executor) as executor:
         work = BenchWork(profile, {cid: (d.onnx_file.name, d.onnx_file.read_bytes()) for cid, d in todo.items()})
-        with progress_bar() as progress:
-            counter = Counter(progress, f"Benchmarking on {profile.name}, each model alone", total=len(todo), every=1)
-            alone = [BenchJob((cid,), _model_config(config, d)) for cid, d in todo.items()]
-            for job, raw in _on_device(executor, work, alone):
-                cid = job.ids[0]
-                model_dir = todo[cid]
-                records[cid] = make_record(raw, profile, str(model_dir.onnx_file), candidate=cid, bench_id=bench_id,
-                                           **_unstructured_note(model_dir))
+        def store(job: BenchJob, raw: dict) -> None:
+            cid = job.ids[0]
+            model_dir = todo[cid]
+            records[cid] = make_record(raw, profile, str(model_dir.onnx_file), candidate=cid, bench_id=bench_id,
+                                       **_unstructured_note(model_dir))
+            model_dir.write_bench(profile.name, records[cid])
+
+        alone = [BenchJob((cid,), _model_config(config, d)) for cid, d in todo.items()]
+        _on_device(executor, work, alone, title=f"Benchmarking on {profile.name}, each model alone",
+                   name=lambda job: job.ids[0], store=store,
+                   note=lambda job, raw: f"p50 {records[job.ids[0]]['latency_ms']['p50']:.3f} ms")
+        if len(todo) > 1:
+            blocks = _interleaved(todo, work, config, bench_id, executor)
+            for cid, model_dir in todo.items():
+                records[cid]["interleaved"] = blocks[cid]
                 model_dir.write_bench(profile.name, records[cid])
-                counter.advance(f"({cid}: p50 {records[cid]['latency_ms']['p50']:.3f} ms){executor.status()}")
-            if len(todo) > 1:
-                blocks = _interleaved(todo, work, config, bench_id, progress, executor)
-                for cid, model_dir in todo.items():
-                    records[cid]["interleaved"] = blocks[cid]
-                    model_dir.write_bench(profile.name, records[cid])
     run.set_stage(bench_stage(profile.name), "done", bench_id=bench_id, models=sorted(todo))
     return {cid: records[cid] for cid in todo}
 
@@ -162,7 +169,7 @@ def _model_config(config: dict, *model_dirs: ModelDir) -> dict:
     return {**config, "shapes": {**exported, **config["shapes"]}}
 
 
-def _interleaved(todo: dict[str, ModelDir], work: BenchWork, config: dict, bench_id: str, progress,
+def _interleaved(todo: dict[str, ModelDir], work: BenchWork, config: dict, bench_id: str,
                  executor: Executor) -> dict:
     """{model id: ``interleaved`` block}: every model timed in one process with the dense model."""
     profile = work.profile
@@ -170,9 +177,7 @@ def _interleaved(todo: dict[str, ModelDir], work: BenchWork, config: dict, bench
     batches = paired.groups(reference, [cid for cid in todo if cid != reference], profile.interleave_models)
     jobs = [BenchJob(tuple(ids), _model_config(config, *(todo[cid] for cid in ids)))
             for ids in batches for _ in range(profile.interleave_processes)]
-    counter = Counter(progress, f"Timing on {profile.name}, interleaved with {reference}", total=len(jobs), every=1)
     measured = []
-    for job, raw in _on_device(executor, work, jobs):
-        measured.append((list(job.ids), raw))
-        counter.advance(f"({', '.join(job.ids[1:])}){executor.status()}")
+    _on_device(executor, work, jobs, title=f"Timing on {profile.name}, interleaved with {reference}",
+               name=lambda job: ", ".join(job.ids[1:]), store=lambda job, raw: measured.append((list(job.ids), raw)))
     return paired.summarize(measured, reference, bench_id)

@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from mixprune import compact
-from mixprune.accuracy import accuracy_of
+from mixprune.accuracy import accuracy_of, eval_record
 from mixprune.candidates import STRUCTURED, Axes
 from mixprune.data import Splits
 from mixprune.errors import ExportError
@@ -187,11 +187,9 @@ def make_variant(work: QuantizeWork, job: VariantJob) -> Variant:
         # a structured parent's INT8 variant is still a channel-cut model: ranking and report group by mode
         **{key: parent_strategy[key] for key in ("mode", "channels", "heads", "params", "macs", "macs_reduction", "params_reduction")
            if key in parent_strategy}}
-    evaluation = {
-        "accuracy": _accuracy(int8_logits, val_labels), "tune_accuracy": _accuracy(tune_logits, tune_labels),
-        "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
-        "samples": len(val_labels), "tune_samples": len(tune_labels),
-        "agreement_with_parent": agreement["top1_agreement"], "measured_with": "onnxruntime",
-        "parent_accuracy": _accuracy(parent_logits, val_labels),
-        "parent_accuracy_torch": accuracy_of(job.parent_eval)[0]}
+    evaluation = eval_record(
+        {"accuracy": _accuracy(int8_logits, val_labels), "tune_accuracy": _accuracy(tune_logits, tune_labels)},
+        samples=len(val_labels), tune_samples=len(tune_labels),
+        agreement_with_parent=agreement["top1_agreement"], measured_with="onnxruntime",
+        parent_accuracy=_accuracy(parent_logits, val_labels), parent_accuracy_torch=accuracy_of(job.parent_eval)[0])
     return Variant(export, int8_bytes, container, strategy, evaluation)

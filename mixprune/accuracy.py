@@ -31,3 +31,10 @@ def accuracy_of(record: dict, split: str = REPORT_SPLIT) -> tuple[float, str]:
 
 def selection_accuracy(record: dict) -> float:
     return accuracy_of(record, SELECTION_SPLIT)[0]
+
+
+def eval_record(measured: dict, *, samples: int, tune_samples: int, **more) -> dict:
+    """eval.json of a model not fine-tuned (yet): its ``measured`` accuracies (``accuracy``,
+    ``tune_accuracy``, ...), the fine-tuned ones null, the sizes of both splits, then ``more``."""
+    return {**measured, **{finetuned: None for _, finetuned in _KEYS.values()}, "samples": samples,
+            "tune_samples": tune_samples, **more}

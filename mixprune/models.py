@@ -173,11 +173,3 @@ def numpy_state(model_or_state) -> dict:
     """The state dict as numpy arrays (sharing memory with the tensors), for the run directory."""
     state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
     return {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()}
-
-
-def build_stored(spec: ModelSpec, model_dir):
-    """The torch model a run directory's folder holds (``mixprune.runs.TorchModelDir``), weights loaded,
-    eval mode (``mixprune.stored``: cut first when the folder holds a structured candidate)."""
-    from .stored import stored_model_of
-
-    return stored_model_of(model_dir).build(spec, model_dir.run.dense_state())[0].eval()

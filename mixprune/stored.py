@@ -13,7 +13,7 @@ import torch
 from . import masked
 from .cuts import Cut, build_cut_model
 from .models import ModelSpec, build_model, load_state, numpy_state
-from .runs import DENSE, CandidateDir, CutDir, DenseDir, TorchModelDir
+from .runs import DENSE, CandidateDir, CutDir, CutWeights, DenseDir, TorchModelDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class MaskedModel:
         return masked.split(numpy_state(model), dense_state, list(self.stored.masks))
 
     def store(self, folder: CandidateDir, weights: masked.MaskedWeights) -> str:
-        return folder.save_stored(weights)
+        return folder.store(weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ class CutModel:
         return numpy_state(model)  # fine-tuning changes every tensor
 
     def store(self, folder: CutDir, weights: dict) -> str:
-        return folder.save_state(self.cut, weights)
+        return folder.store(CutWeights(self.cut, weights))
 
 
 StoredModel = DenseModel | MaskedModel | CutModel
@@ -76,3 +76,9 @@ def stored_model_of(folder: TorchModelDir) -> StoredModel:
     if isinstance(folder, DenseDir):
         return DenseModel()
     return MaskedModel(folder.id, folder.stored_weights())
+
+
+def build_stored(spec: ModelSpec, model_dir: TorchModelDir) -> torch.nn.Module:
+    """The torch model a run directory's folder holds, weights loaded, eval mode (cut first when the
+    folder holds a structured candidate)."""
+    return stored_model_of(model_dir).build(spec, model_dir.run.dense_state())[0].eval()

@@ -65,9 +65,9 @@ def magnitude_importance():
 
 
 def gradient_importance():
-    """L1 of each channel group's gradients dL/dw (pruning/cut.py GroupGradientImportance); the gradients must
-    be in the model's ``.grad``."""
-    from .cut import gradient_importance as make
+    """L1 of each channel group's gradients dL/dw (pruning/importance.py GroupGradientImportance); the
+    gradients must be in the model's ``.grad``."""
+    from .importance import gradient_importance as make
 
     return make()
 

@@ -5,8 +5,8 @@ when its eval.json exists (written last), so a killed run resumes where it stopp
 produces the same files: the calibration scores are cached until every candidate is
 written (then only the masks need them no more, and they are the largest file of a run),
 ranges.json is read back, and every step after them is deterministic. Each step returns
-what it made; a plan kind is a type of its own (``MixMatchPlan``, ``BaselinePlan``) that
-knows its scores, its masks and its record.
+what it made; every candidate is a plan (pruning/plans.py: its id, axes and record) that a task
+makes and the driver stores, whichever its family (structured: pruning/structured_stage.py).
 """
 
 from __future__ import annotations
@@ -19,139 +19,28 @@ import time
 import numpy as np
 import torch
 
-from mixprune.accuracy import selection_accuracy
-from mixprune.candidates import BASELINE, MIXMATCH, UNSTRUCTURED, Axes, CandidateId
-from mixprune.config import DEFAULT_ROUND_TO, MODE_FAMILIES, RunConfig
-from mixprune.data import DataSpec, Splits, load_splits
 from mixprune import masked
-from mixprune.errors import CutError, RunDirError
-from mixprune.executors import Executor
-from mixprune.models import ModelSpec, build_model, build_stored, load_state, load_weights, numpy_state
-from mixprune.progress import Counter, progress_bar, say
-from mixprune.runs import PRUNE_STAGE, RunDir, package_versions
-from mixprune.stored import stored_model_of
-from mixprune.training import recalibrate_batchnorm, split_accuracies, train
+from mixprune.accuracy import selection_accuracy
+from mixprune.candidates import FAMILIES, MIXMATCH, STRUCTURED, UNSTRUCTURED, Axes
+from mixprune.config import MODE_FAMILIES, RunConfig
+from mixprune.errors import CutError
+from mixprune.executors import Executor, run_tasks
+from mixprune.models import load_state, numpy_state
+from mixprune.stored import build_stored, stored_model_of
+from mixprune.progress import say
+from mixprune.runs import PRUNE_STAGE, package_versions
+from mixprune.training import train
 
 from . import masks as masklib
 from .finetune import finetune_task
-from .ranges import RuleTable, get_table, layer_ranges
-from .roles import Layer, discover_layers, prunable_parameters
-from .scores import BASELINES, SIGNALS, ScoreFn, global_methods
+from .inputs import Inputs, data_spec, measure, prepare, recalibration_set
+from .plans import BaselinePlan, Made, Plan, StrategyPlan, strategy_record
+from .ranges import layer_ranges
+from .scores import BASELINES, ScoreFn, global_methods
 from .signals import calibrate, score_all
 from .strategies import STRATEGIES, rounded, shift_to_sparsity
-from .structured_stage import CutPlan, prune_structured
-from .tasks import StageWork, made_once, release, serve_here, store_result, worker_inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class MixMatchPlan:
-    """One of the ten strategies of one signal: a target ratio per layer, ranked within each layer."""
-    cid: str
-    signal: str
-    strategy: str
-    ratios: dict[str, float]
-    sampled: dict[str, float]  # the strategy's ratios before any shift to --sparsity
-    target_sparsity: float | None  # --sparsity, when the ratios were shifted to it
-    baselines: tuple[str, ...]  # the matched baselines' ids
-    axes = Axes(MIXMATCH, UNSTRUCTURED)
-
-    @property
-    def score(self) -> ScoreFn:
-        return SIGNALS.get(self.signal)
-
-    def masks(self, scores: dict) -> dict:
-        return masklib.layer_masks(scores, self.ratios)
-
-    def record(self, masks: dict) -> dict:
-        shifted = {} if self.target_sparsity is None else {
-            "sampled": rounded(self.sampled), "target_sparsity": self.target_sparsity}
-        matched = {"baselines": list(self.baselines)} if self.baselines else {}
-        return {"signal": self.signal, "strategy": self.strategy, "layers": rounded(self.ratios), **shifted, **matched,
-                "style": SIGNALS.get(self.signal).style.record()}
-
-
-@dataclasses.dataclass(frozen=True)
-class BaselinePlan:
-    """A baseline method at one global sparsity (that of the Mix-and-Match candidates it is matched to)."""
-    cid: str
-    method: str
-    sparsity: float
-    axes = Axes(BASELINE, UNSTRUCTURED)
-
-    @property
-    def score(self) -> ScoreFn:
-        return BASELINES.get(self.method).score
-
-    @property
-    def strategy(self) -> str:
-        return BASELINES.get(self.method).strategy
-
-    def masks(self, scores: dict) -> dict:
-        if self.strategy == "global":
-            return masklib.global_masks(scores, self.sparsity)
-        return masklib.layer_masks(scores, {name: self.sparsity for name in scores})
-
-    def record(self, masks: dict) -> dict:
-        style = {"style": BASELINES.get(self.method).style.record()}
-        if self.strategy == "global":  # the ratio the threshold left in each layer
-            return {"signal": self.method, "strategy": self.strategy, "layers": rounded(masklib.mask_ratios(masks)),
-                    "global_target": self.sparsity, **style}
-        return {"signal": self.method, "strategy": self.strategy,
-                "layers": rounded({name: self.sparsity for name in masks}), **style}
-
-
-Plan = MixMatchPlan | BaselinePlan
-
-
-@dataclasses.dataclass(frozen=True)
-class Inputs:
-    """Everything checked before anything is written: config, data, model, its layers, the rule table."""
-    config: RunConfig
-    run: RunDir
-    spec: ModelSpec
-    splits: Splits
-    model: torch.nn.Module
-    layers: list[Layer]
-    table: RuleTable
-
-    @property
-    def params(self) -> dict:
-        return prunable_parameters(self.model, self.layers)
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {layer.name: layer.params for layer in self.layers}
-
-    def sample_counts(self) -> dict:
-        return {"samples": len(self.splits.val), "tune_samples": len(self.splits.tune)}
-
-    def accuracies(self, model: torch.nn.Module, label: str, suffix: str = "") -> dict:
-        return split_accuracies(model, self.splits, label, suffix)
-
-
-def data_spec(config: RunConfig) -> DataSpec:
-    return DataSpec(source=config.data, img_size=config.img_size, calib_fraction=config.calib_fraction)
-
-
-def prepare(config: RunConfig) -> Inputs:
-    """Validate every input before anything is written: model, data, checkpoint, rule table."""
-    table = get_table(config.model, config.rules)
-    if config.round_to is None:  # recorded as used, so a resumed run cuts the same
-        config = dataclasses.replace(config, round_to=DEFAULT_ROUND_TO)
-    splits = load_splits(data_spec(config))
-    spec = ModelSpec(name=config.model, num_classes=splits.num_classes, in_chans=splits.in_chans,
-                     img_size=config.img_size, kwargs=dict(config.model_args))
-    torch.manual_seed(config.seed)
-    model = build_model(spec, pretrained=config.pretrained, pretrained_file=config.pretrained_file)
-    if config.checkpoint:
-        load_weights(model, config.checkpoint)
-    layers = discover_layers(model)
-    if not layers:
-        raise RunDirError(f"model '{config.model}' has no prunable conv or linear weights")
-    for strategy in table.strategies:
-        STRATEGIES.get(strategy)
-    return Inputs(config=config, run=RunDir(config.out), spec=spec, splits=splits, model=model, layers=layers,
-                  table=table)
+from .structured_stage import prune_structured
+from .tasks import StageWork, forget_work, made_once, serve_here, store_result, worker_inputs
 
 
 def open_run_dir(inputs: Inputs, resume: bool) -> None:
@@ -184,10 +73,11 @@ def dense_stage(inputs: Inputs) -> dict:
                          tune_set=inputs.splits.tune, description="dense training", **recipe)
         training["recipe"] = recipe
     measured = inputs.accuracies(inputs.model, "dense")
-    dense.save_state(numpy_state(inputs.model))
-    record = {**measured, "accuracy_raw": measured["accuracy"], "tune_accuracy_raw": measured["tune_accuracy"],
-              "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
-              "source": cfg.checkpoint or ("pretrained" if cfg.pretrained else "trained"), "training": training}
+    dense.save_weights(numpy_state(inputs.model))
+    record = inputs.eval_record({**measured, "accuracy_raw": measured["accuracy"],
+                                 "tune_accuracy_raw": measured["tune_accuracy"]},
+                                source=cfg.checkpoint or ("pretrained" if cfg.pretrained else "trained"),
+                                training=training)
     dense.write_eval(record)
     return record
 
@@ -230,32 +120,11 @@ def plan_candidates(inputs: Inputs, ranges: dict) -> list[Plan]:
             sampled = STRATEGIES.get(strategy)(inputs.layers, ranges)
             ratios = sampled if cfg.sparsity is None else shift_to_sparsity(sampled, inputs.sizes, cfg.sparsity, frozen)
             sparsity = round(masklib.achieved_sparsity(ratios, inputs.sizes), 4)
-            baselines = [BaselinePlan(cid=str(CandidateId.baseline(UNSTRUCTURED, method, sparsity)), method=method,
-                                      sparsity=sparsity)
-                         for method in cfg.baselines]
+            baselines = [BaselinePlan(method=method, target=sparsity) for method in cfg.baselines]
             matched.update({plan.cid: plan for plan in baselines})
-            plans.append(MixMatchPlan(cid=str(CandidateId.mixmatch(UNSTRUCTURED, signal, strategy)), signal=signal, strategy=strategy, ratios=ratios,
-                                      sampled=sampled, target_sparsity=cfg.sparsity,
-                                      baselines=tuple(plan.cid for plan in baselines)))
+            plans.append(StrategyPlan(UNSTRUCTURED, signal, strategy, ratios=ratios, sampled=sampled,
+                                      target=cfg.sparsity, baselines=tuple(plan.cid for plan in baselines)))
     return plans + [matched[cid] for cid in sorted(matched)]
-
-
-def recalibration_set(inputs: Inputs):
-    """The fixed subset of training images that re-estimates normalization statistics."""
-    generator = torch.Generator().manual_seed(inputs.config.seed)
-    order = torch.randperm(len(inputs.splits.train), generator=generator)[: inputs.config.recal_samples].tolist()
-    return torch.utils.data.Subset(inputs.splits.train, sorted(order))
-
-
-def measure(inputs: Inputs, recal_set, model: torch.nn.Module, label: str) -> dict:
-    """Accuracies of a pruned ``model`` before (``*_raw``) and after normalization re-estimation (in place),
-    and whether it ran."""
-    raw = inputs.accuracies(model, label, "_raw")
-    if not inputs.config.recalibrate or not recalibrate_batchnorm(model, recal_set,
-                                                                  description=f"{label}: re-estimate BN"):
-        return {"accuracy": raw["accuracy_raw"], "tune_accuracy": raw["tune_accuracy_raw"], **raw,
-                "recalibrated": False}
-    return {**inputs.accuracies(model, f"{label} after BN"), **raw, "recalibrated": True}
 
 
 @dataclasses.dataclass
@@ -273,7 +142,7 @@ class Pruner:
             self._scores[fn] = score_all(fn, self.dense_weights, self.calibration)
         return self._scores[fn]
 
-    def evaluate(self, plan: Plan) -> CandidateResult:
+    def evaluate(self, plan: Plan) -> Made:
         """The candidate's stored weights and records (nothing is written here)."""
         inputs = self.inputs
         inputs.model.load_state_dict(self.dense_state)
@@ -283,22 +152,8 @@ class Pruner:
         measured, global_sparsity = masklib.measured_sparsity(params)
         accuracy = measure(inputs, self.recal_set, inputs.model, plan.cid)
         stored = masked.split(numpy_state(inputs.model), numpy_state(self.dense_state), list(masks))
-        strategy = {"cid": plan.cid, **plan.axes.record(), **plan.record(masks), "global_sparsity": round(global_sparsity, 6),
-                    "measured": rounded(measured), "rule_table": inputs.table.name}
-        evaluation = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None, **inputs.sample_counts(),
-                      "finetune": None}
-        return CandidateResult(stored, strategy, evaluation)
-
-
-@dataclasses.dataclass(frozen=True)
-class CandidateResult:
-    """What one candidate task returns to the driver: masks + state, strategy.json and eval.json."""
-    stored: masked.MaskedWeights
-    strategy: dict
-    evaluation: dict  # eval.json but for the weights digest, which the driver's write gives
-
-    def save(self, folder) -> str:
-        return folder.save_stored(self.stored)
+        strategy = strategy_record(plan, masklib.mask_ratios(masks), global_sparsity, measured, inputs.table.name)
+        return Made(stored, strategy, inputs.eval_record(accuracy, finetune=None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +170,7 @@ def _worker_pruner(work: CandidateWork) -> Pruner:
     return Pruner(inputs, dense_state, dense_weights, calibration, recalibration_set(inputs))
 
 
-def evaluate_candidate(work: CandidateWork, plan: Plan) -> CandidateResult:
+def evaluate_candidate(work: CandidateWork, plan: Plan) -> Made:
     """One candidate task (an executor runs it here or on a Ray worker)."""
     return made_once(work, _worker_pruner).evaluate(plan)
 
@@ -324,8 +179,9 @@ def finetune_selection(config: RunConfig, plans: list, evals: dict[str, dict]) -
     """Per family, the best ``finetune_top`` Mix-and-Match candidates by tune accuracy, plus their
     matched baselines."""
     chosen = []
-    for kind in (MixMatchPlan, CutPlan):
-        top = sorted((p for p in plans if isinstance(p, kind)), key=lambda p: (-evals[p.cid]["tune_accuracy"], p.cid))
+    for family in FAMILIES:
+        top = sorted((p for p in plans if p.axes == Axes(MIXMATCH, family)),
+                     key=lambda p: (-evals[p.cid]["tune_accuracy"], p.cid))
         for plan in top[: config.finetune_top]:
             chosen.extend(cid for cid in [plan.cid, *plan.baselines] if cid in evals and cid not in chosen)
     return chosen
@@ -347,15 +203,16 @@ def finetune_candidates(inputs: Inputs, cids: list[str], executor: Executor) -> 
                                     folder.weights_digest())
         else:
             jobs.append(stored_model_of(folder))
+    def store(job, result) -> None:
+        folder = run.candidate(job.cid)
+        evals[job.cid] = _finetuned(folder, folder.read_eval(), result.accuracies, result.history,
+                                    job.store(folder, result.weights))
+
     if jobs:
-        work = StageWork(key=secrets.token_hex(8), config=inputs.config, spec=inputs.spec, splits=inputs.splits, dense_state=run.dense_state())
-        with progress_bar() as progress:
-            counter = Counter(progress, f"fine-tuning, {executor.describe()}", total=len(jobs))
-            for job, result in executor.map(finetune_task, work, jobs):
-                folder = run.candidate(job.cid)
-                evals[job.cid] = _finetuned(folder, folder.read_eval(), result.accuracies, result.history,
-                                            job.store(folder, result.weights))
-                counter.advance(job.cid + executor.status())
+        work = StageWork(key=secrets.token_hex(8), config=inputs.config, spec=inputs.spec, splits=inputs.splits,
+                         dense_state=run.dense_state())
+        run_tasks(executor, finetune_task, work, jobs, title="fine-tuning", name=lambda job: job.cid, store=store,
+                  every=10)
     return {cid: evals[cid] for cid in cids}
 
 
@@ -390,13 +247,10 @@ def prune_unstructured(inputs: Inputs, dense_state: dict, done: set[str], recal_
         # in this process the driver's model, scores and data serve the tasks
         serve_here(work, Pruner(inputs, dense_state=dense_state, dense_weights=dense_weights,
                                 calibration=calibration, recal_set=recal_set))
-        with progress_bar() as progress:
-            counter = Counter(progress, f"candidates, {executor.describe()}"
-                              + (f" ({len(evals)} finished before)" if evals else ""), total=len(todo))
-            for plan, result in executor.map(evaluate_candidate, work, todo):
-                evals[plan.cid] = store_result(run, result)
-                counter.advance(plan.cid + executor.status())
-        release()
+        run_tasks(executor, evaluate_candidate, work, todo,
+                  title="candidates" + (f" ({len(evals)} finished before)" if evals else ""), name=lambda p: p.cid,
+                  store=lambda plan, made: evals.__setitem__(plan.cid, store_result(run, made)), every=10)
+        forget_work()
     run.drop_scores()
     lap("candidates")
     return plans, evals
@@ -457,11 +311,11 @@ def _run_prune(config: RunConfig, resume: bool, executor: Executor) -> dict:
         finetuned = finetune_selection(config, plans, evals)
         evals.update(finetune_candidates(inputs, finetuned, executor))
     lap("finetune")
-    methods = [p for p in plans if isinstance(p, (MixMatchPlan, CutPlan))]
+    methods = [p for p in plans if p.axes.method == MIXMATCH]
     summary = {
         "dense_accuracy": dense["accuracy"], "mode": config.mode, "candidates": len(plans),
-        "mixmatch": sum(isinstance(p, MixMatchPlan) for p in plans),
-        "structured": sum(isinstance(p, CutPlan) for p in plans), "baselines": len(plans) - len(methods),
+        "mixmatch": sum(p.axes == Axes(MIXMATCH, UNSTRUCTURED) for p in plans),
+        "structured": sum(p.axes == Axes(MIXMATCH, STRUCTURED) for p in plans), "baselines": len(plans) - len(methods),
         "finetuned": finetuned, "resumed": len(done & set(evals)), "timings_s": timings,
         "best": min(methods, key=lambda p: (-selection_accuracy(evals[p.cid]), p.cid)).cid,
         **({"structured_mode": structured} if structured else {}),

@@ -16,74 +16,30 @@ from __future__ import annotations
 import dataclasses
 import functools
 import secrets
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
+from mixprune.candidates import STRUCTURED, CandidateId
 from mixprune.cuts import changed_tensors
 from mixprune.errors import CutError
-from mixprune.executors import Executor, TaskFailure
+from mixprune.executors import Executor, TaskFailure, run_tasks
 from mixprune.models import numpy_state
-from mixprune.progress import Counter, progress_bar, say
-from mixprune.candidates import BASELINE, MIXMATCH, STRUCTURED, Axes, CandidateId
+from mixprune.progress import say
+from mixprune.runs import CutWeights
 
 from .cut import IMPORTANCES, Blueprint, GroupScores, cut_model, score_groups
+from .inputs import Inputs, measure, recalibration_set
+from .plans import CutBaselinePlan, Made, StrategyPlan, strategy_record
 from .roles import Layer, discover_layers
-from .scores import SIGNALS, STRUCTURED_BASELINES
 from .signals import accumulate_gradients
 from .strategies import STRATEGIES, rounded
 from .structured import (baseline_ratios, cut_ratios, cuttable_layers, describe_cut, macs_reduction, shift_to_macs,
                          structured_ranges, within_caps)
-from .tasks import StageWork, made_once, release, serve_here, store_result, worker_inputs
-
-if TYPE_CHECKING:
-    from .stage import Inputs
+from .tasks import StageWork, forget_work, made_once, serve_here, store_result, worker_inputs
 
 Measure = Callable[[torch.nn.Module, str], dict]  # (model, label) -> eval.json's accuracies
-
-
-@dataclasses.dataclass(frozen=True)
-class CutPlan:
-    """One strategy of one signal, structured: a fraction of output channels to remove per layer."""
-    cid: str
-    signal: str
-    strategy: str
-    ratios: dict[str, float]
-    sampled: dict[str, float]  # the strategy's ratios before any shift to --macs-reduction
-    target: float | None  # --macs-reduction, when the ratios were shifted to it
-    baselines: tuple[str, ...]
-    axes = Axes(MIXMATCH, STRUCTURED)
-
-    @property
-    def importance(self) -> str:
-        return self.signal
-
-    def record(self) -> dict:
-        shifted = {} if self.target is None else {"sampled": rounded(self.sampled), "target_macs_reduction": self.target}
-        return {"signal": self.signal, "strategy": self.strategy, "layers": rounded(self.ratios), **shifted,
-                "baselines": list(self.baselines), "style": SIGNALS.get(self.signal).style.record(structured=True)}
-
-
-@dataclasses.dataclass(frozen=True)
-class CutBaselinePlan:
-    """A structured baseline (Torch-Pruning's global magnitude or Taylor, or uniform) at one MAC reduction."""
-    cid: str
-    method: str
-    target: float
-    ratios: dict[str, float]
-    axes = Axes(BASELINE, STRUCTURED)
-
-    @property
-    def importance(self) -> str:
-        return STRUCTURED_BASELINES.get(self.method).importance
-
-    def record(self) -> dict:
-        return {"signal": self.method, "strategy": STRUCTURED_BASELINES.get(self.method).strategy,
-                "layers": rounded(self.ratios), "global_target_macs_reduction": self.target,
-                "style": STRUCTURED_BASELINES.get(self.method).style.record(structured=True)}
-
-
-StructuredPlan = CutPlan | CutBaselinePlan
+StructuredPlan = StrategyPlan | CutBaselinePlan
 
 
 @dataclasses.dataclass
@@ -148,10 +104,9 @@ def plan_structured(inputs: Inputs, phase: Structured) -> tuple[list[StructuredP
             for method in cfg.structured_baselines:
                 cid = str(CandidateId.baseline(STRUCTURED, method, reached))
                 ids.append(cid)
-                if cid not in matched:
-                    matched[cid] = (method, reached)
-            plans.append(CutPlan(cid=str(CandidateId.mixmatch(STRUCTURED, signal, strategy)), signal=signal, strategy=strategy,
-                                 ratios=ratios, sampled=sampled, target=cfg.macs_reduction, baselines=tuple(ids)))
+                matched.setdefault(cid, (method, reached))
+            plans.append(StrategyPlan(STRUCTURED, signal, strategy, ratios=ratios, sampled=sampled,
+                                      target=cfg.macs_reduction, baselines=tuple(ids)))
     for cid in sorted(matched):
         method, reached = matched[cid]
         try:
@@ -159,7 +114,7 @@ def plan_structured(inputs: Inputs, phase: Structured) -> tuple[list[StructuredP
         except CutError as exc:
             failures[cid] = str(exc)
             continue
-        plans.append(CutBaselinePlan(cid=cid, method=method, target=reached, ratios=ratios))
+        plans.append(CutBaselinePlan(method=method, target=reached, ratios=ratios))
     return plans, failures
 
 
@@ -174,7 +129,7 @@ class Cutter:
     phase: Structured
     measure: Measure
 
-    def evaluate(self, plan: StructuredPlan) -> CutResult:
+    def evaluate(self, plan: StructuredPlan) -> Made:
         """The cut, its changed tensors and records (nothing is written here)."""
         inputs, cfg = self.inputs, self.inputs.config
         dense = inputs.model
@@ -185,27 +140,11 @@ class Cutter:
         accuracy = self.measure(cut, plan.cid)
         before, after = _param_counts(dense), _param_counts(cut)
         prunable = [layer.name for layer in inputs.layers]
-        removed = 1 - sum(after[n] for n in prunable) / sum(before[n] for n in prunable)
-        strategy = {
-            "cid": plan.cid, **plan.axes.record(), "mode": plan.axes.family, **plan.record(),
-            "global_sparsity": round(removed, 6),  # the share of the dense model's prunable weights cut away
-            "measured": rounded({n: 1 - after[n] / before[n] for n in prunable}), "round_to": cfg.round_to,
-            "rule_table": inputs.table.name, **described}
-        evaluation = {**accuracy, "accuracy_finetuned": None, "tune_accuracy_finetuned": None,
-                      **inputs.sample_counts(), "finetune": None}
-        return CutResult(record.to_dict(), changed_tensors(numpy_state(cut), replayed), strategy, evaluation)
-
-
-@dataclasses.dataclass(frozen=True)
-class CutResult:
-    """What one cut task returns to the driver: the cut record, its changed tensors, strategy and eval."""
-    cut: dict
-    changed: dict
-    strategy: dict
-    evaluation: dict  # eval.json but for the weights digest, which the driver's write gives
-
-    def save(self, folder) -> str:
-        return folder.save_state(self.cut, self.changed)
+        removed = 1 - sum(after[n] for n in prunable) / sum(before[n] for n in prunable)  # of the dense model's
+        strategy = strategy_record(plan, plan.ratios, removed, {n: 1 - after[n] / before[n] for n in prunable},
+                                   inputs.table.name, round_to=cfg.round_to, **described)
+        weights = CutWeights(record.to_dict(), changed_tensors(numpy_state(cut), replayed))
+        return Made(weights, strategy, inputs.eval_record(accuracy, finetune=None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +153,6 @@ class CutWork(StageWork):
 
 
 def _worker_cutter(work: CutWork) -> Cutter:
-    from .stage import measure, recalibration_set  # the stage imports this module
-
     inputs = worker_inputs(work)
     example = torch.zeros(1, *work.spec.input_shape[1:])
     phase = Structured(Blueprint(inputs.model, example, work.spec.name), example, work.scores,
@@ -223,7 +160,7 @@ def _worker_cutter(work: CutWork) -> Cutter:
     return Cutter(inputs, phase, functools.partial(measure, inputs, recalibration_set(inputs)))
 
 
-def cut_candidate(work: CutWork, plan: StructuredPlan) -> CutResult | TaskFailure:
+def cut_candidate(work: CutWork, plan: StructuredPlan) -> Made | TaskFailure:
     """One structured candidate task (an executor runs it here or on a Ray worker); a plan
     Torch-Pruning cannot cut is a TaskFailure."""
     try:
@@ -241,24 +178,19 @@ def prune_structured(inputs: Inputs, measure: Measure, done: set[str],
     phase = phase1(inputs)
     plans, failures = plan_structured(inputs, phase)
     for cid, reason in failures.items():
-        say(f"[yellow]{cid}: not made ({reason})[/yellow]")
+        say(f"[yellow]warning: {reason}; {cid} is left out[/yellow]")
     evals = {plan.cid: run.candidate(plan.cid).read_eval() for plan in plans if plan.cid in done}
     todo = [plan for plan in plans if plan.cid not in done]
     if todo:
         work = CutWork(key=secrets.token_hex(8), config=inputs.config, spec=inputs.spec, splits=inputs.splits,
                        dense_state=numpy_state(inputs.model), scores=phase.scores)
         serve_here(work, Cutter(inputs, phase, measure))  # in this process the driver's model serves the tasks
-        with progress_bar() as progress:
-            counter = Counter(progress, f"structured candidates, {executor.describe()}"
-                              + (f" ({len(evals)} finished before)" if evals else ""), total=len(todo))
-            for plan, result in executor.map(cut_candidate, work, todo):
-                if isinstance(result, TaskFailure):
-                    failures[plan.cid] = result.reason
-                    say(f"[yellow]{plan.cid}: not made ({result.reason})[/yellow]")
-                else:
-                    evals[plan.cid] = store_result(run, result)
-                counter.advance(plan.cid + executor.status())
-        release()
+        failures.update(run_tasks(
+            executor, cut_candidate, work, todo,
+            title="structured candidates" + (f" ({len(evals)} finished before)" if evals else ""),
+            name=lambda p: p.cid, store=lambda plan, made: evals.__setitem__(plan.cid, store_result(run, made)),
+            every=10))
+        forget_work()
     made = [plan for plan in plans if plan.cid in evals]
     if not made:
         reasons = list(dict.fromkeys(failures.values()))

@@ -4,18 +4,17 @@ once, and the driver's one write of what a task returns (mixprune/executors runs
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from mixprune.config import RunConfig
 from mixprune.data import Splits
 from mixprune.models import ModelSpec, build_model, load_state
 from mixprune.runs import RunDir
 
+from .inputs import Inputs
+from .plans import Made
 from .ranges import get_table
 from .roles import discover_layers
-
-if TYPE_CHECKING:
-    from .stage import Inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +29,6 @@ class StageWork:
 
 def worker_inputs(work: StageWork) -> Inputs:
     """The stage's Inputs in a worker: the dense model rebuilt from the shared weights."""
-    from .stage import Inputs  # the stage imports the modules that import this one
-
     model = build_model(work.spec).eval()
     load_state(model, work.dense_state, "the dense weights")
     return Inputs(config=work.config, run=RunDir(work.config.out), spec=work.spec, splits=work.splits,
@@ -55,16 +52,17 @@ def serve_here(work: StageWork, made) -> None:
     _MADE[work.key] = made
 
 
-def release() -> None:
+def forget_work() -> None:
+    """Drop what this process set up for the last work (its model copies and scores)."""
     _MADE.clear()
 
 
-def store_result(run: RunDir, result) -> dict:
-    """The driver's write of a task's result (``result.save(folder)`` writes its weights and returns
-    their digest): weights, strategy.json, eval.json last; returns the eval record."""
-    folder = run.candidate(result.strategy["cid"])
-    digest = result.save(folder)
-    folder.write_strategy(result.strategy)
-    record = {**result.evaluation, "weights_sha256": digest}
+def store_result(run: RunDir, made: Made) -> dict:
+    """The driver's write of what a candidate task made: its weights (the folder's ``store`` returns their
+    digest), strategy.json, eval.json last; returns the eval record."""
+    folder = run.candidate(made.strategy["cid"])
+    digest = folder.store(made.weights)
+    folder.write_strategy(made.strategy)
+    record = {**made.evaluation, "weights_sha256": digest}
     folder.write_eval(record)
     return record

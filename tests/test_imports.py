@@ -1,4 +1,4 @@
-"""No module-level import circle inside the package (ARCHITECTURE.md, import rules)."""
+"""No import circle inside the package, counting imports inside functions (ARCHITECTURE.md, import rules)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,26 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     return found
 
 
+def _runtime_imports(tree: ast.Module):
+    """Every import statement a module runs, at module level or inside a function (an import in a function
+    hides a circle only until it runs), but not those under ``if TYPE_CHECKING:`` (never run)."""
+    typing_only = {id(sub) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in
+                   ast.unparse(node.test) for sub in ast.walk(node)}
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+            and id(node) not in typing_only]
+
+
 def module_imports() -> dict[str, set[str]]:
-    """{module: the package modules it imports at module level (not inside functions)}."""
+    """{module: the package modules it imports, at module level or inside its functions}."""
     modules = _modules()
     graph = {}
     for name, (path, is_package) in modules.items():
         package = name.split(".") if is_package else name.split(".")[:-1]
         deps = set()
-        for node in ast.parse(path.read_text()).body:
+        for node in _runtime_imports(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 deps.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
+            else:
                 base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
                 target = ".".join(p for p in (base, node.module or "") if p)
                 deps.add(target)
@@ -66,6 +75,11 @@ def test_no_module_level_import_circle():
     runners = {f"mixprune.devices.runners.{name}" for name in ("local", "ssh", "emulated")}
     assert graph["mixprune.devices.runners"] >= runners
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_imports_inside_functions_count():
+    tree = ast.parse("import a\ndef f():\n    from b import c\nif TYPE_CHECKING:\n    import d\n")
+    assert [ast.unparse(node) for node in _runtime_imports(tree)] == ["import a", "from b import c"]
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -60,7 +60,8 @@ def capped_baseline(run: Path, cid: str, layers: list[str]) -> dict:
     from mixprune.data import DataSpec, load_splits
     from mixprune.models import ModelSpec, build_model, load_state
     from mixprune.pruning.scores import BASELINES
-    from mixprune.pruning.stage import calibration_stage, prepare
+    from mixprune.pruning.inputs import prepare
+    from mixprune.pruning.stage import calibration_stage
     from mixprune.training import evaluate, recalibrate_batchnorm
 
     run = RunDir(run)

@@ -62,10 +62,10 @@ def make_run(root: Path, spec: ModelSpec, data: DataSpec, dense_state: dict, pru
     run.save({"model": spec.to_dict(), "data": data.to_dict(), "seed": 0, "config": {"study": "size"}, "stages": {}})
     names = prunable_names(build_model(spec))
     run.write_ranges({"layers": {name: {} for name in names}})
-    run.dense.save_state(numpy_state(dense_state))
+    run.dense.save_weights(numpy_state(dense_state))
     for cid, (ratio, state, accuracy) in pruned.items():
         folder = run.candidate(cid)
-        folder.save_state(numpy_state(state), pruned=names)
+        folder.save_pruned(numpy_state(state), pruned=names)
         folder.write_strategy({"cid": cid, "kind": "baseline", "signal": "mag", "strategy": "uniform",
                                "layers": {name: ratio for name in names}, "global_sparsity": ratio})
         folder.write_eval({"accuracy": accuracy, "accuracy_raw": accuracy, "accuracy_finetuned": None,

@@ -74,24 +74,27 @@ def open_executor(name: str, options: ExecutorOptions) -> Executor:
 
 
 def run_tasks(executor: Executor, task: Task, shared: Any, items: list, *, title: str, name: Callable[[Any], str],
-              store: Callable[[Any, Any], None]) -> dict[str, str]:
-    """``task`` over ``items`` on ``executor`` with a progress line (``title``, each item's ``name``):
-    ``store(item, result)`` writes each result as it returns; {id: why} of the TaskFailures, each
-    said as it comes, the others carrying on."""
+              store: Callable[[Any, Any], None], note: Callable[[Any, Any], str] | None = None, every: int = 1,
+              resources: dict[str, float] | None = None) -> dict[str, str]:
+    """The one driver loop: ``task`` over ``items`` on ``executor`` (holding ``resources`` each) with a
+    progress line (``title``; each item's ``name``, then ``note(item, result)`` when given; in logs a
+    line every ``every`` items); ``store(item, result)`` writes each result as it returns. Returns
+    {id: why} of the TaskFailures, each said as it comes, the others carrying on."""
     from mixprune.progress import Counter, progress_bar, say
 
     failures = {}
     if not items:
         return failures
     with progress_bar() as progress:
-        counter = Counter(progress, f"{title}, {executor.describe()}", total=len(items), every=1)
-        for item, outcome in executor.map(task, shared, items):
+        counter = Counter(progress, f"{title}, {executor.describe()}", total=len(items), every=every)
+        for item, outcome in executor.map(task, shared, items, resources=resources):
             if isinstance(outcome, TaskFailure):
                 failures[outcome.mid] = outcome.reason
                 say(f"[yellow]warning: {outcome.reason}; {outcome.mid} is left out[/yellow]")
             else:
                 store(item, outcome)
-            counter.advance(name(item) + executor.status())
+            shown = name(item) + (f" {note(item, outcome)}" if note and not isinstance(outcome, TaskFailure) else "")
+            counter.advance(shown + executor.status())
     return failures
 
 

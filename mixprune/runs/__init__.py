@@ -15,11 +15,11 @@ from mixprune.candidates import DENSE
 from .files import (BENCH_DIR, COMPACT_FILE, CUT_FILE, EVAL_FILE, EXPORT_FILE, EXPORT_STAGE, MASKS_FILE, ONNX_FILE,
                     PRUNE_STAGE, RUN_STAGE, STATE_FILE, STRATEGY_FILE, VALUES_FILE, WEIGHTS_FILE, bench_stage)
 from .io import now_iso, package_versions, read_json
-from .models import (CandidateDir, CutDir, DenseDir, FullStateDir, ModelDir, ModelRecords, TorchModelDir,
+from .models import (CandidateDir, CutDir, CutWeights, DenseDir, FullStateDir, ModelDir, ModelRecords, TorchModelDir,
                      VariantDir)
 from .rundir import RunDir
 
-__all__ = ["RunDir", "ModelDir", "TorchModelDir", "FullStateDir", "DenseDir", "CandidateDir", "CutDir", "VariantDir",
+__all__ = ["RunDir", "ModelDir", "TorchModelDir", "FullStateDir", "DenseDir", "CandidateDir", "CutDir", "CutWeights", "VariantDir",
            "ModelRecords", "DENSE", "BENCH_DIR", "COMPACT_FILE", "CUT_FILE", "EVAL_FILE", "EXPORT_FILE", "MASKS_FILE",
            "ONNX_FILE", "STATE_FILE", "STRATEGY_FILE", "VALUES_FILE", "WEIGHTS_FILE", "PRUNE_STAGE", "EXPORT_STAGE",
            "RUN_STAGE", "bench_stage", "atomic_path", "atomic_write_bytes", "atomic_write_json", "read_json",

@@ -116,7 +116,7 @@ class ModelDir(abc.ABC):
 
 
 class TorchModelDir(ModelDir):
-    """A model with torch weights, which the export stage turns into ONNX (mixprune.models.build_stored):
+    """A model with torch weights, which the export stage turns into ONNX (mixprune.stored.build_stored):
     dense, masked or cut."""
 
     @abc.abstractmethod
@@ -145,7 +145,7 @@ class DenseDir(FullStateDir):
     def has_weights(self) -> bool:
         return self.weights_file.is_file()
 
-    def save_state(self, state: dict) -> str:
+    def save_weights(self, state: dict) -> str:
         """Write the full state dict; returns its sha256 (the weights digest)."""
         return sha256_bytes(write_tensors(self.weights_file, state))
 
@@ -153,7 +153,16 @@ class DenseDir(FullStateDir):
         return sha256_file(self.weights_file)
 
 
-class CandidateDir(TorchModelDir):
+class OverDenseDir(TorchModelDir):
+    """A candidate stored against the dense weights: state.safetensors, written last, holds what
+    differs from them (with the masks or the cut its subclass adds)."""
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+
+class CandidateDir(OverDenseDir):
     """``candidates/<cid>/``: strategy.json, and the weights as masks (+ values) + state over dense.
 
     state.safetensors is written last and its metadata holds the sha256 of the masks and
@@ -169,17 +178,13 @@ class CandidateDir(TorchModelDir):
     def values_file(self) -> Path:
         return self.path / VALUES_FILE
 
-    @property
-    def state_file(self) -> Path:
-        return self.path / STATE_FILE
-
-    def save_state(self, full: dict, pruned: list[str]) -> str:
+    def save_pruned(self, full: dict, pruned: list[str]) -> str:
         """Store the full state dict ``full`` whose ``pruned`` parameters hold the zeros; returns the digest."""
         from mixprune import masked
 
-        return self.save_stored(masked.split(full, self.run.dense_state(), pruned))
+        return self.store(masked.split(full, self.run.dense_state(), pruned))
 
-    def save_stored(self, stored) -> str:
+    def store(self, stored) -> str:
         """Store a candidate already split into masks, values and state (``masked.MaskedWeights``);
         returns the digest."""
         files = {"masks_sha256": sha256_bytes(write_tensors(self.masks_file, stored.masks))}
@@ -230,7 +235,15 @@ class CandidateDir(TorchModelDir):
         return sha256_file(self.state_file)
 
 
-class CutDir(TorchModelDir):
+@dataclasses.dataclass(frozen=True)
+class CutWeights:
+    """A structured candidate's weights as stored: its cut record (mixprune.cuts.Cut as a dict) and the
+    tensors that differ from the dense weights with the cut replayed (numpy arrays by name)."""
+    cut: dict
+    changed: dict
+
+
+class CutDir(OverDenseDir):
     """``candidates/st-.../``: a structured candidate, smaller than dense: cut.json (the recorded cut)
     and state.safetensors (written last): the tensors that differ from the dense weights with the cut
     replayed on them (re-estimated normalization statistics; every tensor once fine-tuned), so an
@@ -241,14 +254,10 @@ class CutDir(TorchModelDir):
     def cut_file(self) -> Path:
         return self.path / CUT_FILE
 
-    @property
-    def state_file(self) -> Path:
-        return self.path / STATE_FILE
-
-    def save_state(self, cut: dict, changed: dict) -> str:
+    def store(self, weights: CutWeights) -> str:
         """Write the cut record, then the changed tensors; returns the weights digest."""
-        atomic_write_json(self.cut_file, cut)
-        return self.weights_digest(write_tensors(self.state_file, changed))
+        atomic_write_json(self.cut_file, weights.cut)
+        return self.weights_digest(write_tensors(self.state_file, weights.changed))
 
     def read_cut(self) -> dict:
         return read_json(self.cut_file, stage_hint="prune --resume")

@@ -83,7 +83,7 @@ def test_device_python_without_onnxruntime(tmp_path, sshd, conv, cli):
 
 def test_run_dir_models_are_timed_interleaved_on_the_device(tmp_path, sshd, cli):
     from tests.devices.devices_helpers import conv_model
-    from test_bench_command import make_run_dir
+    from tests.devices.test_bench_command import make_run_dir
 
     run = make_run_dir(tmp_path / "run", {"dense": lambda p: conv_model(p, channels=64, batch=1),
                                           "mm-magnitude-c01": lambda p: conv_model(p, channels=4, batch=1)})

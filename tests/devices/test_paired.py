@@ -88,7 +88,7 @@ def test_groups_always_hold_the_reference():
 
 
 def test_run_dir_models_are_timed_interleaved_with_dense(tmp_path, cli):
-    from test_bench_command import make_run_dir
+    from tests.devices.test_bench_command import make_run_dir
 
     box = write_profile(tmp_path / "box.toml", benchmark="warmup = 1\nruns = 12\nrounds = 4\ninterleave_models = 2\n")
     run = make_run_dir(tmp_path / "run", {

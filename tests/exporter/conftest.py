@@ -10,7 +10,7 @@ import torch
 from mixprune.data import DataSpec
 from mixprune.models import ModelSpec, build_model, numpy_state
 from mixprune.pruning.roles import prunable_names
-from mixprune.runs import RunDir
+from mixprune.runs import CutWeights, RunDir
 
 # tiny configurations of the timm families mixprune must export (the full resnet18 is
 # kept for one slow test)
@@ -59,12 +59,12 @@ def make_run(root: Path, spec: ModelSpec, ratios: dict[str, float], seed: int = 
     run.save({"model": spec.to_dict(), "data": data.to_dict(), "seed": seed, "config": {}, "stages": {}})
     prunable = prunable_names(model)
     run.write_ranges({"layers": {name: {} for name in prunable}})
-    run.dense.save_state(numpy_state(state))
+    run.dense.save_weights(numpy_state(state))
     run.dense.write_eval({"accuracy": 0.1})
     for cid, ratio in ratios.items():
         folder = run.candidate(cid)
         pruned = prune_by_magnitude(state, ratio)
-        folder.save_state(numpy_state(pruned), pruned=prunable)
+        folder.save_pruned(numpy_state(pruned), pruned=prunable)
         zeros = sum(int((pruned[k] == 0).sum()) for k in prunable)
         total = sum(pruned[k].numel() for k in prunable)
         folder.write_strategy({"cid": cid, "kind": "baseline", "signal": "mag", "strategy": "uniform",
@@ -77,7 +77,7 @@ def add_cut_candidate(run: RunDir, spec: ModelSpec, cid: str, ratio: float = 0.5
     """A structured candidate in ``run``, as the prune stage stores one: every cuttable layer loses
     ``ratio`` of its channels (magnitude), stored as its cut and nothing else (no retraining, so no
     tensor differs from the replayed cut). Returns the cut torch model."""
-    from mixprune.models import build_stored
+    from mixprune.stored import build_stored
     from mixprune.pruning.cut import Blueprint, cut_model, score_groups
     from mixprune.pruning.structured import cuttable_layers, describe_cut
 
@@ -87,7 +87,7 @@ def add_cut_candidate(run: RunDir, spec: ModelSpec, cid: str, ratio: float = 0.5
     cut_net, cut = cut_model(dense, example, ratios, score_groups(dense, example, "magnitude"), round_to=4,
                              label=spec.name)
     folder = run.candidate(cid)
-    folder.save_state(cut.to_dict(), {})
+    folder.store(CutWeights(cut.to_dict(), {}))
     described = describe_cut(Blueprint(dense, example, spec.name), cut_net, example)
     folder.write_strategy({"cid": cid, "kind": "structured", "signal": "magnitude", "strategy": "balanced",
                            "layers": ratios, "global_sparsity": described["params_reduction"], "mode": "structured",

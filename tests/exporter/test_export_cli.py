@@ -87,7 +87,7 @@ def test_unchanged_models_are_skipped_and_changed_weights_reexported(build_run):
     state = folder.load_state()
     name = RunDir(run).prunable_names()[0]
     state[name] = np.zeros_like(state[name])
-    folder.save_state(state, pruned=RunDir(run).prunable_names())
+    folder.save_pruned(state, pruned=RunDir(run).prunable_names())
     third = cli("export", run)
     assert third.exit_code == 0 and third.output.count("skipped") == 2
     rec = record(run / "candidates" / "base-mag-s50.00")

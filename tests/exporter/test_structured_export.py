@@ -10,8 +10,9 @@ import pytest
 
 from mixprune.errors import CheckpointError
 from mixprune.exporter import stage
-from mixprune.models import build_model, build_stored, numpy_state
-from mixprune.runs import CutDir, RunDir
+from mixprune.models import build_model, numpy_state
+from mixprune.runs import CutDir, CutWeights, RunDir
+from mixprune.stored import build_stored
 
 from tests.exporter.conftest import SPECS, add_cut_candidate, make_run
 
@@ -55,6 +56,6 @@ def test_weights_that_do_not_fit_their_cut_are_one_clear_line(structured_run, tm
     other = run.candidate("st-magnitude-other")
     state = numpy_state(cut_net)
     state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"][:2]
-    other.save_state(folder.read_cut(), state)
+    other.store(CutWeights(folder.read_cut(), state))
     with pytest.raises(CheckpointError, match="against its recorded cut.*does not fit the model.*layer1.0.conv1.weight"):
         build_stored(spec, other)

@@ -47,7 +47,8 @@ def test_family_prunes_within_contract(tmp_path, model):
 def test_family_in_structured_mode_is_cut_or_says_why(tmp_path, model):
     """Every family the issue names either gets its structured candidates, each a smaller model at
     the common MAC reduction that rebuilds from its record, or one line naming it and the reason."""
-    from mixprune.models import ModelSpec, build_model, build_stored
+    from mixprune.models import ModelSpec, build_model
+    from mixprune.stored import build_stored
     from mixprune.runs import RunDir
 
     result = cli("prune", "--out", tmp_path / "run", "--model", model, "--mode", "structured", "--train-epochs", "0",

@@ -25,7 +25,7 @@ def _bytes(state: dict) -> dict:
 
 def _dense_and_run(tmp_path, dense: dict) -> RunDir:
     run = RunDir(tmp_path / "run")
-    run.dense.save_state(dense)
+    run.dense.save_weights(dense)
     return run
 
 
@@ -43,7 +43,7 @@ def test_split_and_join_edge_cases(tmp_path):
     pruned = ["w", "all_kept", "all_pruned"]
     run = _dense_and_run(tmp_path, dense)
     folder = run.candidate("mm-magnitude-c")
-    folder.save_state(full, pruned)
+    folder.save_pruned(full, pruned)
     assert not folder.values_file.exists()  # kept values are the dense ones
     assert set(load_file(str(folder.state_file))) == {"steps"}  # 0-d kept as 0-d, unchanged bias not stored
     assert _bytes(folder.load_state()) == _bytes(full)
@@ -55,7 +55,7 @@ def test_split_and_join_edge_cases(tmp_path):
     tuned["w"].reshape(-1)[kept[0]] = 0.0
     tuned["all_kept"][0, 0] = -0.0
     tuned["bias"] += 1
-    digest = folder.save_state(tuned, pruned)
+    digest = folder.save_pruned(tuned, pruned)
     assert folder.values_file.exists() and set(load_file(str(folder.state_file))) == {"steps", "bias"}
     back = folder.load_state()
     assert back["all_kept"][0, 0] == 0 and not np.signbit(back["all_kept"][0, 0])  # -0.0 is a zero: +0.0
@@ -70,9 +70,9 @@ def test_a_half_written_candidate_is_detected(tmp_path):
     run = _dense_and_run(tmp_path, dense)
     folder = run.candidate("mm-magnitude-c")
     half = {"w": np.where(np.abs(dense["w"]) > 0.5, dense["w"], 0).astype(np.float32)}
-    folder.save_state(half, ["w"])
+    folder.save_pruned(half, ["w"])
     masks = folder.masks_file.read_bytes()
-    folder.save_state({"w": np.where(np.abs(dense["w"]) > 1.0, dense["w"], 0).astype(np.float32)}, ["w"])
+    folder.save_pruned({"w": np.where(np.abs(dense["w"]) > 1.0, dense["w"], 0).astype(np.float32)}, ["w"])
     folder.masks_file.write_bytes(masks)  # killed after masks, before state: they no longer belong together
     with pytest.raises(Exception, match="does not belong with"):
         folder.load_state()
@@ -83,9 +83,9 @@ import sys, numpy as np
 from mixprune.runs import RunDir
 run = RunDir(sys.argv[1])
 dense = {"w": np.arange(12, dtype=np.float32).reshape(3, 4) - 5, "b": np.ones(3, np.float32)}
-run.dense.save_state(dense)
+run.dense.save_weights(dense)
 tuned = {"w": np.where(dense["w"] > 0, dense["w"] * 2, 0).astype(np.float32), "b": dense["b"] * 3}
-print(run.candidate("mm-magnitude-c").save_state(tuned, ["w"]))
+print(run.candidate("mm-magnitude-c").save_pruned(tuned, ["w"]))
 """
 
 
@@ -111,7 +111,7 @@ def test_an_unexported_resnet18_candidate_costs_at_most_2_mb(tmp_path):
         if name.endswith(("running_mean", "running_var")):
             full[name] = full[name] + 0.01
     folder = run.candidate("mm-magnitude-c")
-    folder.save_state(full, names)
+    folder.save_pruned(full, names)
     size = sum(p.stat().st_size for p in folder.path.iterdir())
     assert size <= 2 * 2**20, size
     assert run.dense.weights_file.stat().st_size > 40 * 2**20  # what each candidate cost before
