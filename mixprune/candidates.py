@@ -22,7 +22,6 @@ import dataclasses
 
 DENSE = "dense"
 MIXMATCH, BASELINE = "mixmatch", "baseline"
-METHODS = (MIXMATCH, BASELINE, DENSE)
 UNSTRUCTURED, STRUCTURED = "unstructured", "structured"
 FAMILIES = (UNSTRUCTURED, STRUCTURED)
 FP32 = "fp32"

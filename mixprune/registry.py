@@ -24,9 +24,6 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: make ``item`` available as ``name``; ValueError when ``name`` is taken (two pieces
         under one name would silently replace each other)."""
-        if name in self._items:
-            raise ValueError(f"{self.kind} '{name}' is registered already")
-
         def wrap(item: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is registered already")
