@@ -438,9 +438,9 @@ def release(run_dir, candidate, out, force):
     accuracy, bench record per device, package versions, input spec, class labels).
     The same inputs give a byte-identical bundle. Check one with `mixprune verify`.
     """
-    from .release import release as make_release
+    from .release import write_bundle
 
-    result = make_release(run_dir, candidate, out, force=force)
+    result = write_bundle(run_dir, candidate, out, force=force)
     click.echo(f"{result['path']}  ({result['candidate']}, sha256 {result['sha256']})")
 
 

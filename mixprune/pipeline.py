@@ -90,7 +90,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
     from .devices.profiles import load_profile
     from .exporter.stage import ExportOptions, export_run
     from .pruning.stage import run_prune
-    from .release import release
+    from .release import write_bundle
 
     root = Path(config.out)
     profiles = [load_profile(name) for name in config.devices]  # bad device names fail before any work
@@ -128,6 +128,6 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
             timed(stage, bench_run_dir, root, profile, bench_config, executor)  # it records its own status
     ranking = timed("rank", rank_and_report, root, max_drop=config.max_drop, devices=config.devices,
                     objective=config.objective, export_notes=notes)
-    bundle = timed("release", release, root, "best", force=True)
+    bundle = timed("release", write_bundle, root, "best", force=True)
     run.set_stage(RUN_STAGE, "done", timings_s=timings, chosen=ranking["chosen"], bundle=str(bundle["path"]))
     return {"ranking": ranking, "bundle": bundle, "timings_s": timings, "out": root}

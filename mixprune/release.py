@@ -168,7 +168,7 @@ def _tar_bytes(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def release(run_dir, candidate: str = "best", out: str | os.PathLike | None = None, force: bool = False) -> dict:
+def write_bundle(run_dir, candidate: str = "best", out: str | os.PathLike | None = None, force: bool = False) -> dict:
     """Write the bundle of ``candidate``; returns {path, sha256, manifest}."""
     run = RunDir(run_dir)
     info = run.require()
