@@ -25,7 +25,7 @@ from mixprune.executors import Executor, TaskFailure, given_or_local, run_tasks
 from mixprune.models import ModelSpec
 from mixprune.progress import say
 from mixprune.runs import COMPACT_FILE, EXPORT_STAGE, ONNX_FILE, ModelDir, RunDir, TorchModelDir, now_iso, package_versions
-from mixprune.stored import StoredModel, stored_model_of
+from mixprune.models.stored import StoredModel, stored_model_of
 
 from . import parity, storage
 from .audit import audit

@@ -438,7 +438,7 @@ def release(run_dir, candidate, out, force):
     accuracy, bench record per device, package versions, input spec, class labels).
     The same inputs give a byte-identical bundle. Check one with `mixprune verify`.
     """
-    from .release import write_bundle
+    from .release.bundle import write_bundle
 
     result = write_bundle(run_dir, candidate, out, force=force)
     click.echo(f"{result['path']}  ({result['candidate']}, sha256 {result['sha256']})")
@@ -453,7 +453,7 @@ def verify(bundle):
     links, without extracting anything outside a temporary folder. Needs only numpy and
     onnxruntime.
     """
-    from .release import verify as check
+    from .release.bundle import verify as check
 
     result = check(bundle)
     click.echo(f"OK {bundle}: {len(result['files'])} files match the manifest; model.onnx ran in onnxruntime "

@@ -27,8 +27,8 @@ from .candidates import Axes
 from .config import RunConfig
 from .errors import ExportError
 from .progress import say
-from .ranking import rank_run, require_choice
-from .report import write_report
+from .release.ranking import rank_run, require_choice
+from .release.report import write_report
 from .runs import DENSE, EXPORT_STAGE, PRUNE_STAGE, RUN_STAGE, RunDir, bench_stage
 
 
@@ -90,7 +90,7 @@ def run_pipeline(config: RunConfig, resume: bool = False, force: bool = False) -
     from .devices.profiles import load_profile
     from .exporter.stage import ExportOptions, export_run
     from .pruning.stage import run_prune
-    from .release import write_bundle
+    from .release.bundle import write_bundle
 
     root = Path(config.out)
     profiles = [load_profile(name) for name in config.devices]  # bad device names fail before any work

@@ -2,7 +2,7 @@
 
 Torch-Pruning's dependency graph finds the coupled groups (residual adds, depthwise and
 grouped convolutions, concatenations); cutting one root prunes every coupled layer with
-it. Each cut comes with its record (mixprune.cuts.Cut), which replays it. Ratios are keyed by the
+it. Each cut comes with its record (mixprune.models.cuts.Cut), which replays it. Ratios are keyed by the
 parameter name of a conv / linear weight (``layer1.0.conv1.weight``), the fraction of its
 output channels to remove; Torch-Pruning's ratios count channels, so such a layer loses
 about 1 - (1 - p)^2 of its parameters when its input is cut too.
@@ -20,9 +20,9 @@ import warnings
 import torch
 from torch import nn
 
-from mixprune.cuts import Cut, CutGroup, explained, forward_or_explain
+from mixprune.models.cuts import Cut, CutGroup, explained, forward_or_explain
 from mixprune.errors import CutError
-from mixprune.heads import attention_modules, head_counts, head_cut, heads_removed, sync_heads, token_width_layers
+from mixprune.models.heads import attention_modules, head_counts, head_cut, heads_removed, sync_heads, token_width_layers
 
 from .roles import discover_layers
 from .scores import SIGNALS
@@ -219,7 +219,7 @@ def _cut(model: nn.Module, example: torch.Tensor, importance, *, round_to: int, 
 def _pruner(model: nn.Module, example: torch.Tensor, importance, *, round_to: int,
             ratios: dict[str, float] | None = None, global_ratio: float | None = None):
     """Torch-Pruning's pruner for a cut per layer (``ratios``) or global (``global_ratio``); the
-    classifier is never cut, and attention is cut by whole heads (mixprune.heads)."""
+    classifier is never cut, and attention is cut by whole heads (mixprune.models.heads)."""
     import torch_pruning as tp
 
     heads = head_cut(model, ratios, global_ratio)

@@ -1,7 +1,7 @@
 """Fine-tuning of pruned models: Adam with early stopping, masks re-applied after every step.
 
 Each candidate to fine-tune is a job an executor runs (mixprune/executors): the driver reads
-the candidate's stored weights into the job (mixprune.stored: masks + state, or the cut record +
+the candidate's stored weights into the job (mixprune.models.stored: masks + state, or the cut record +
 changed tensors), the task rebuilds the model over the shared dense weights, fine-tunes and measures
 it, and returns the weights in their stored form; the driver writes them and eval.json.
 """
@@ -13,7 +13,7 @@ import zlib
 
 import torch
 
-from mixprune.stored import PrunedModel
+from mixprune.models.stored import PrunedModel
 from mixprune.training import split_accuracies, train
 
 from .masks import apply_masks

@@ -26,7 +26,7 @@ from mixprune.config import MODE_FAMILIES, RunConfig
 from mixprune.errors import CutError
 from mixprune.executors import Executor, run_tasks
 from mixprune.models import load_state, numpy_state
-from mixprune.stored import build_stored, stored_model_of
+from mixprune.models.stored import build_stored, stored_model_of
 from mixprune.progress import say
 from mixprune.runs import PRUNE_STAGE, package_versions
 from mixprune.training import train

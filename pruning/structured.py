@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mixprune.errors import CutError
-from mixprune.heads import head_counts, max_head_ratio, token_width_layers
+from mixprune.models.heads import head_counts, max_head_ratio, token_width_layers
 
 from .cut import Blueprint, GroupScores, channel_counts, global_cut, macs_and_params, solve_for
 from .ranges import RuleTable, layer_ranges
@@ -30,7 +30,7 @@ MAX_CHANNEL_RATIO = 0.9  # a strategy keeps at least a tenth of any layer's chan
 
 def cuttable_layers(model: nn.Module) -> list[Layer]:
     """Layers whose output channels a structured cut may remove: every conv / linear but the classifier
-    and a transformer's token width (mixprune.heads)."""
+    and a transformer's token width (mixprune.models.heads)."""
     kept = token_width_layers(model)
     return [layer for layer in discover_layers(model) if layer.role != "classifier" and layer.name not in kept]
 

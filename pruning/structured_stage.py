@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from mixprune.candidates import STRUCTURED, CandidateId
-from mixprune.cuts import changed_tensors
+from mixprune.models.cuts import changed_tensors
 from mixprune.errors import CutError
 from mixprune.executors import Executor, TaskFailure, run_tasks
 from mixprune.models import numpy_state

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import ast
+import configparser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# setup.cfg's package_dir: folder -> import name
-PACKAGES = {"mixprune": "mixprune", "pruning": "mixprune.pruning", "exporter": "mixprune.exporter",
-            "devices": "mixprune.devices", "benchmarks": "mixprune.benchmarks"}
+
+
+def _package_dirs() -> dict[str, str]:
+    """setup.cfg's package_dir as {folder: import name}."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    pairs = (line.split("=") for line in config["options"]["package_dir"].strip().splitlines())
+    return {folder.strip(): name.strip() for name, folder in pairs}
+
+
+PACKAGES = _package_dirs()
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

@@ -504,7 +504,7 @@ def test_ranking_report_and_release_load_no_stage_code():
     """They read records only (ARCHITECTURE.md, import rules): no pruning, exporter or executor module,
     and so neither the run config (mixprune.config reads the pruning and executor registries)."""
     stage_code = ("mixprune.pruning", "mixprune.exporter", "mixprune.executors", "mixprune.config", "torch", "onnx")
-    assert heavy_imports(stage_code, imports=("mixprune.ranking", "mixprune.report", "mixprune.release")) == []
+    assert heavy_imports(stage_code, imports=("mixprune.release.ranking", "mixprune.release.report", "mixprune.release.bundle")) == []
 
 
 @pytest.mark.parametrize("command", [["--help"], ["prune", "--help"], ["run", "--help"]])

@@ -77,7 +77,7 @@ from mixprune.exporter.onnx_export import INPUT_NAME, canonicalize_zeros, export
 from mixprune.exporter.quantize import RECIPES, quantize
 from mixprune.exporter.simplify import simplify_guarded
 from mixprune.models import ModelSpec
-from mixprune.stored import build_stored
+from mixprune.models.stored import build_stored
 from mixprune.pruning.cut import Blueprint, GroupScores, cut_model, score_groups
 from mixprune.pruning.ranges import get_table
 from mixprune.pruning.roles import prunable_names

@@ -116,7 +116,7 @@ class ModelDir(abc.ABC):
 
 
 class TorchModelDir(ModelDir):
-    """A model with torch weights, which the export stage turns into ONNX (mixprune.stored.build_stored):
+    """A model with torch weights, which the export stage turns into ONNX (mixprune.models.stored.build_stored):
     dense, masked or cut."""
 
     @abc.abstractmethod
@@ -237,7 +237,7 @@ class CandidateDir(OverDenseDir):
 
 @dataclasses.dataclass(frozen=True)
 class CutWeights:
-    """A structured candidate's weights as stored: its cut record (mixprune.cuts.Cut as a dict) and the
+    """A structured candidate's weights as stored: its cut record (mixprune.models.cuts.Cut as a dict) and the
     tensors that differ from the dense weights with the cut replayed (numpy arrays by name)."""
     cut: dict
     changed: dict
@@ -247,7 +247,7 @@ class CutDir(OverDenseDir):
     """``candidates/st-.../``: a structured candidate, smaller than dense: cut.json (the recorded cut)
     and state.safetensors (written last): the tensors that differ from the dense weights with the cut
     replayed on them (re-estimated normalization statistics; every tensor once fine-tuned), so an
-    unexported candidate weighs kilobytes, not a copy of its weights. mixprune.cuts.build_cut_model
+    unexported candidate weighs kilobytes, not a copy of its weights. mixprune.models.cuts.build_cut_model
     joins the two."""
 
     @property

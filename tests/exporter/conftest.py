@@ -77,7 +77,7 @@ def add_cut_candidate(run: RunDir, spec: ModelSpec, cid: str, ratio: float = 0.5
     """A structured candidate in ``run``, as the prune stage stores one: every cuttable layer loses
     ``ratio`` of its channels (magnitude), stored as its cut and nothing else (no retraining, so no
     tensor differs from the replayed cut). Returns the cut torch model."""
-    from mixprune.stored import build_stored
+    from mixprune.models.stored import build_stored
     from mixprune.pruning.cut import Blueprint, cut_model, score_groups
     from mixprune.pruning.structured import cuttable_layers, describe_cut
 

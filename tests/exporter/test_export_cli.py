@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from mixprune import compact
 from mixprune.exporter import stage
 from mixprune.runs import RunDir
-from mixprune.stored import MaskedModel
+from mixprune.models.stored import MaskedModel
 
 from tests.helpers import cli
 

@@ -12,7 +12,7 @@ from mixprune.errors import CheckpointError
 from mixprune.exporter import stage
 from mixprune.models import build_model, numpy_state
 from mixprune.runs import CutDir, CutWeights, RunDir
-from mixprune.stored import build_stored
+from mixprune.models.stored import build_stored
 
 from tests.exporter.conftest import SPECS, add_cut_candidate, make_run
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mixprune.cuts import Cut, build_cut_model, changed_tensors, replay_cut
+from mixprune.models.cuts import Cut, build_cut_model, changed_tensors, replay_cut
 from mixprune.errors import CheckpointError, CutError
 from mixprune.models import build_model, numpy_state
 from mixprune.pruning.cut import Blueprint, channel_counts, cut_model, score_groups

@@ -48,7 +48,7 @@ def test_family_in_structured_mode_is_cut_or_says_why(tmp_path, model):
     """Every family the issue names either gets its structured candidates, each a smaller model at
     the common MAC reduction that rebuilds from its record, or one line naming it and the reason."""
     from mixprune.models import ModelSpec, build_model
-    from mixprune.stored import build_stored
+    from mixprune.models.stored import build_stored
     from mixprune.runs import RunDir
 
     result = cli("prune", "--out", tmp_path / "run", "--model", model, "--mode", "structured", "--train-epochs", "0",

@@ -120,7 +120,7 @@ def test_an_unexported_resnet18_candidate_costs_at_most_2_mb(tmp_path):
 def test_materialized_candidates_equal_the_weights_the_stage_computed(tmp_path, monkeypatch):
     """What the stage holds in memory (what weights.safetensors held, written with safetensors.torch) is
     what masks, values and state give back, byte for byte, fine-tuned or not."""
-    from mixprune.stored import MaskedModel
+    from mixprune.models.stored import MaskedModel
     from mixprune.pruning.stage import Pruner
 
     written = {}

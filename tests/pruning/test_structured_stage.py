@@ -30,7 +30,7 @@ def _records(run, family="structured"):
 def test_structured_candidates_are_cut_to_the_common_macs_and_stored_as_cut_plus_weights(both_run):
     from mixprune.data import DataSpec, load_splits
     from mixprune.models import ModelSpec
-    from mixprune.stored import build_stored
+    from mixprune.models.stored import build_stored
     from mixprune.runs import RunDir
     from mixprune.training import evaluate
 

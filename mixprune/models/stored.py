@@ -10,10 +10,10 @@ import dataclasses
 
 import torch
 
-from . import masked
+from .. import masked
 from .cuts import Cut, build_cut_model
-from .models import ModelSpec, build_model, load_state, numpy_state
-from .runs import DENSE, CandidateDir, CutDir, CutWeights, DenseDir, TorchModelDir
+from .build import ModelSpec, build_model, load_state, numpy_state
+from ..runs import DENSE, CandidateDir, CutDir, CutWeights, DenseDir, TorchModelDir
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The report draws each series with the style its records bring (strategy.json ``style``, carried by
 the ranking rows), and a record without one in a neutral style."""
 
-from mixprune import report
+from mixprune.release import report
 
 
 def _row(**keys):

@@ -28,11 +28,11 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .errors import BundleError, RunDirError
-from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
-from .candidates import Axes, describe
+from mixprune.errors import BundleError, RunDirError
+from mixprune.accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
+from mixprune.candidates import Axes, describe
 from .ranking import close_ids
-from .runs import DENSE, ONNX_FILE, ModelRecords, RunDir, atomic_write_bytes
+from mixprune.runs import DENSE, ONNX_FILE, ModelRecords, RunDir, atomic_write_bytes
 
 FORMAT = "mixprune-bundle"
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import warnings
 
-from .errors import CutError
+from ..errors import CutError
 from .heads import sync_heads
 
 CUT_FORMAT = 1
@@ -112,7 +112,7 @@ def build_cut_model(spec, cut: Cut, dense_state: dict, changed: dict, label: str
     tensors (numpy or torch) loaded over the result, in eval mode."""
     import torch
 
-    from .models import build_model, load_state, numpy_state
+    from .build import build_model, load_state, numpy_state
 
     model = build_model(spec).eval()
     load_state(model, dense_state, f"the dense weights under {label}")

@@ -14,10 +14,10 @@ import html
 import io
 from pathlib import Path
 
-from .candidates import FP32, MIXMATCH, STRUCTURED, UNSTRUCTURED, Axes, CandidateId, describe
-from .devices.fields import MB
-from .errors import RunDirError
-from .runs import RunDir, atomic_write_bytes
+from mixprune.candidates import FP32, MIXMATCH, STRUCTURED, UNSTRUCTURED, Axes, CandidateId, describe
+from mixprune.devices.fields import MB
+from mixprune.errors import RunDirError
+from mixprune.runs import RunDir, atomic_write_bytes
 
 # A series' marker and color come with its records (strategy.json ``style``, carried by the ranking rows): each
 # signal, baseline and INT8 recipe brings its own where it is registered; a record without one is drawn so

@@ -8,7 +8,7 @@ from html import escape
 
 import pytest
 
-from mixprune import ranking as rk
+from mixprune.release import ranking as rk
 from mixprune.candidates import Axes, CandidateId
 from mixprune.config import QUICK_DEFAULTS
 

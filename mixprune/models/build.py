@@ -11,8 +11,8 @@ import dataclasses
 import difflib
 from pathlib import Path
 
-from .compat import import_timm
-from .errors import CheckpointError, ModelError
+from ..compat import import_timm
+from ..errors import CheckpointError, ModelError
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 Reads only the records of a run directory (through mixprune.runs: run, eval, strategy,
 export and bench records), never stage code, and imports neither torch nor onnx. It writes
-ranking.json; the report (mixprune.report) is drawn from that record afterwards.
+ranking.json; the report (mixprune.release.report) is drawn from that record afterwards.
 
 Constraints (a candidate is *eligible* when it meets all of them):
 
@@ -47,12 +47,12 @@ import math
 import statistics
 from pathlib import Path
 
-from .accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
-from .candidates import UNSTRUCTURED, Axes, removed
-from .objectives import OBJECTIVES
-from .devices.fields import MB
-from .errors import MixpruneError, RunDirError
-from .runs import DENSE, PRUNE_STAGE, RunDir
+from mixprune.accuracy import REPORT_SPLIT, SELECTION_SPLIT, accuracy_of
+from mixprune.candidates import UNSTRUCTURED, Axes, removed
+from mixprune.objectives import OBJECTIVES
+from mixprune.devices.fields import MB
+from mixprune.errors import MixpruneError, RunDirError
+from mixprune.runs import DENSE, PRUNE_STAGE, RunDir
 
 FORMAT_VERSION = 1
 LATENCY_NOISE_FLOOR = 0.05  # relative, latency of models timed in separate processes
